@@ -1,0 +1,281 @@
+"""Training data: loading ``../shared/data/train``, augmentation and click simulation.
+
+Every sample is a ``crop x crop`` model-space window (model pixels, the scale the network sees
+at inference with input side ``S``), produced by :class:`SampleMaker`:
+
+* ``image``  (crop, crop, 3) uint8 RGB
+* ``valid``  (crop, crop) bool — False on padding (zeroed after normalisation, as at inference)
+* ``target`` (crop, crop) bool — the object
+* ``clicks`` list of ``(x, y, positive)`` in crop pixels (x = column)
+* ``box``    ``(x0, y0, x1, y1)`` crop pixels or None
+* ``mode``   "clicks", "box" or "salient" (no prompt: the salient object)
+
+Click simulation follows RITM: a first positive click biased to the object's interior, a few
+extra random clicks some of the time; the iterative corrective clicks are added by the training
+loop with :func:`sqsam_core.geometry.next_click` (the evaluation rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sqsam_core.evaluation import image_stem_for_mask
+from sqsam_core.geometry import mask_box
+
+MAX_SIDE = 448  # images are cached with their longer side at most this many pixels
+MIN_OBJECT_PIXELS = 150  # objects smaller than this (after caching) are not used as targets
+SALIENT_SETS = ("ECSSD", "Human")  # one main object per image: the zero-click targets
+SET_WEIGHTS = {"ECSSD": 0.25, "COCO_MVal": 0.25, "COCO128": 0.3, "Human": 0.2}
+
+
+@dataclass
+class Entry:
+    """One training image and its object masks, downscaled to at most MAX_SIDE."""
+
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8
+    masks: list[np.ndarray] = field(default_factory=list)  # each (H, W) bool
+
+
+def is_validation(stem: str, fraction: float = 0.05) -> bool:
+    """Deterministic held-out split of train/: the same stems are held out on every machine."""
+    digest = hashlib.sha1(stem.encode()).digest()
+    return digest[0] < 256 * fraction
+
+
+def _downscale(array: np.ndarray, interpolation: int) -> np.ndarray:
+    h, w = array.shape[:2]
+    scale = MAX_SIDE / max(h, w)
+    if scale >= 1:
+        return array
+    return cv2.resize(array, (round(w * scale), round(h * scale)), interpolation=interpolation)
+
+
+def load_set(set_dir: Path) -> tuple[list[Entry], list[Entry]]:
+    """Load one data set folder (``images/``, ``masks/``) into (train, validation) entries."""
+    images = {p.stem: p for p in sorted((set_dir / "images").iterdir())}
+    grouped: dict[str, list[Path]] = {}
+    for mask_path in sorted((set_dir / "masks").glob("*.png")):
+        stem = image_stem_for_mask(mask_path.stem, set(images))
+        if stem is not None:
+            grouped.setdefault(stem, []).append(mask_path)
+    train, val = [], []
+    for stem, mask_paths in grouped.items():
+        rgb = cv2.cvtColor(cv2.imread(str(images[stem]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        entry = Entry(f"{set_dir.name}/{stem}", _downscale(rgb, cv2.INTER_AREA))
+        for mask_path in mask_paths:
+            raw = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+            small = _downscale(raw.astype(np.float32), cv2.INTER_AREA) > 127
+            if small.sum() >= MIN_OBJECT_PIXELS:
+                entry.masks.append(small)
+        if entry.masks:
+            (val if is_validation(entry.name) else train).append(entry)
+    return train, val
+
+
+def load_training_data(data_root: Path, cache: Path | None = None) -> dict[str, tuple[list[Entry], list[Entry]]]:
+    """All sets of ``data_root/train``; a pickle cache makes restarts fast."""
+    if cache is not None and cache.exists():
+        with cache.open("rb") as fh:
+            return pickle.load(fh)
+    sets = {name: load_set(data_root / "train" / name) for name in SET_WEIGHTS}
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with cache.open("wb") as fh:
+            pickle.dump(sets, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return sets
+
+
+# --------------------------------------------------------------------------------------------
+# Click sampling
+# --------------------------------------------------------------------------------------------
+
+
+def sample_interior_point(region: np.ndarray, rng: np.random.Generator, power: float = 2.0) -> tuple[int, int] | None:
+    """A random ``(x, y)`` inside ``region`` (bool HxW), biased to points far from its boundary."""
+    if not region.any():
+        return None
+    dist = cv2.distanceTransform(np.pad(region.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    weights = (dist / dist.max()) ** power
+    flat = weights.ravel()
+    index = rng.choice(flat.size, p=flat / flat.sum())
+    y, x = divmod(int(index), region.shape[1])
+    return x, y
+
+
+def sample_negative_point(target: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
+    """A random ``(x, y)`` in the background, usually in a band around the object."""
+    band = cv2.dilate(target.astype(np.uint8), np.ones((31, 31), np.uint8)).astype(bool)
+    region = (band if rng.random() < 0.7 else np.ones_like(target)) & ~target & valid
+    region = cv2.erode(region.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) if region.sum() > 200 else region
+    return sample_interior_point(region, rng, power=0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentation
+# --------------------------------------------------------------------------------------------
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast and saturation jitter on an (H, W, 3) uint8 image."""
+    out = image.astype(np.float32)
+    out *= rng.uniform(0.7, 1.3)  # brightness
+    mean = out.mean()
+    out = (out - mean) * rng.uniform(0.7, 1.3) + mean  # contrast
+    gray = out.mean(axis=2, keepdims=True)
+    out = (out - gray) * rng.uniform(0.6, 1.4) + gray  # saturation
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def resize_pair(image: np.ndarray, masks: list[np.ndarray], longer_side: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    h, w = image.shape[:2]
+    scale = longer_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    image = cv2.resize(image, size, interpolation=interpolation)
+    masks = [cv2.resize(m.astype(np.float32), size, interpolation=cv2.INTER_LINEAR) > 0.5 for m in masks]
+    return image, masks
+
+
+def crop_around(array: np.ndarray, top: int, left: int, crop: int) -> np.ndarray:
+    """``crop x crop`` window starting at (top, left), zero-padded where it leaves the array."""
+    out = np.zeros((crop, crop, *array.shape[2:]), dtype=array.dtype)
+    h, w = array.shape[:2]
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + crop, h), min(left + crop, w)
+    if r0 < r1 and c0 < c1:
+        out[r0 - top : r1 - top, c0 - left : c1 - left] = array[r0:r1, c0:c1]
+    return out
+
+
+def touching_union(masks: list[np.ndarray], index: int, rng: np.random.Generator) -> np.ndarray:
+    """Object-level augmentation: the target merged with an instance that touches it, if any."""
+    target = masks[index]
+    grown = cv2.dilate(target.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    neighbours = [m for i, m in enumerate(masks) if i != index and (m & grown).any()]
+    if not neighbours:
+        return target
+    return target | neighbours[rng.integers(len(neighbours))]
+
+
+@dataclass
+class Sample:
+    image: np.ndarray
+    valid: np.ndarray
+    target: np.ndarray
+    clicks: list[tuple[float, float, bool]]
+    box: tuple[float, float, float, float] | None
+    mode: str
+
+
+class SampleMaker:
+    """Draws augmented samples; ``input_size`` S sets the scale (objects appear as at inference)."""
+
+    def __init__(self, sets: dict[str, list[Entry]], crop: int = 256, input_size: int = 320,
+                 salient_share: float = 0.12, box_share: float = 0.15, paste_share: float = 0.15,
+                 merge_share: float = 0.15):
+        self.sets = {k: v for k, v in sets.items() if v}
+        self.crop, self.input_size = crop, input_size
+        self.salient_share, self.box_share = salient_share, box_share
+        self.paste_share, self.merge_share = paste_share, merge_share
+
+    def _entry(self, rng: np.random.Generator, names: tuple[str, ...] | None = None) -> Entry:
+        names = tuple(n for n in (names or tuple(self.sets)) if n in self.sets)
+        weights = np.array([SET_WEIGHTS[n] for n in names])
+        name = names[rng.choice(len(names), p=weights / weights.sum())]
+        entries = self.sets[name]
+        return entries[rng.integers(len(entries))]
+
+    def sample(self, rng: np.random.Generator) -> Sample:
+        if rng.random() < self.salient_share:
+            return self._salient(rng)
+        return self._prompted(rng)
+
+    def _salient(self, rng: np.random.Generator) -> Sample:
+        """Whole image letterboxed top-left, as the core's automask saliency pass sees it."""
+        entry = self._entry(rng, SALIENT_SETS)
+        image, masks = entry.image, [entry.masks[0]]
+        if rng.random() < 0.5:
+            image, masks = image[:, ::-1], [m[:, ::-1] for m in masks]
+        image, masks = resize_pair(np.ascontiguousarray(image), masks, self.crop * rng.uniform(0.8, 1.0))
+        image = color_jitter(image, rng)
+        valid = crop_around(np.ones(image.shape[:2], bool), 0, 0, self.crop)
+        return Sample(crop_around(image, 0, 0, self.crop), valid, crop_around(masks[0], 0, 0, self.crop), [], None, "salient")
+
+    def _prompted(self, rng: np.random.Generator) -> Sample:
+        entry = self._entry(rng)
+        index = int(rng.integers(len(entry.masks)))
+        target = entry.masks[index]
+        if len(entry.masks) > 1 and rng.random() < self.merge_share:
+            target = touching_union(entry.masks, index, rng)
+        image = entry.image
+        if rng.random() < 0.5:
+            image, target = image[:, ::-1], target[:, ::-1]
+        longer = self.input_size * rng.uniform(0.6, 1.4)
+        image, (target,) = resize_pair(np.ascontiguousarray(image), [np.ascontiguousarray(target)], longer)
+        top, left = self._window(target, rng)
+        image = crop_around(color_jitter(image, rng), top, left, self.crop)
+        valid = crop_around(np.ones(target.shape, bool), top, left, self.crop)
+        target = crop_around(target, top, left, self.crop)
+        if rng.random() < self.paste_share:
+            image = self._paste_on_other_background(image, valid, target, rng)
+        if target.sum() < 30:  # the object left the window: draw again
+            return self._prompted(rng)
+        if rng.random() < self.box_share:
+            return Sample(image, valid, target, [], self._jittered_box(target, rng), "box")
+        return Sample(image, valid, target, self._initial_clicks(target, valid, rng), None, "clicks")
+
+    def _window(self, target: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+        """Top-left of a crop window that contains a random object pixel."""
+        ys, xs = np.nonzero(target)
+        pick = rng.integers(len(xs))
+        y, x = ys[pick], xs[pick]
+        top = int(y - rng.integers(self.crop // 8, self.crop - self.crop // 8))
+        left = int(x - rng.integers(self.crop // 8, self.crop - self.crop // 8))
+        h, w = target.shape
+        top = min(max(top, min(0, h - self.crop)), max(0, h - self.crop)) if rng.random() < 0.8 else top
+        left = min(max(left, min(0, w - self.crop)), max(0, w - self.crop)) if rng.random() < 0.8 else left
+        return top, left
+
+    def _paste_on_other_background(self, image, valid, target, rng) -> np.ndarray:
+        """Copy-paste: the object's pixels over another image's background (target unchanged)."""
+        other = self._entry(rng).image
+        other, _ = resize_pair(other, [], self.crop * rng.uniform(1.0, 1.6))
+        background = color_jitter(crop_around(other, 0, 0, self.crop), rng)
+        alpha = cv2.GaussianBlur(target.astype(np.float32), (3, 3), 0)[..., None]
+        pasted = background * (1 - alpha) + image * alpha
+        return np.where(valid[..., None], pasted, 0).astype(np.uint8)
+
+    def _jittered_box(self, target, rng) -> tuple[float, float, float, float]:
+        x0, y0, x1, y1 = mask_box(target)
+        w, h = x1 - x0 + 1, y1 - y0 + 1
+        jitter = rng.normal(0, 0.06, size=4) * np.array([w, h, w, h])
+        box = np.array([x0, y0, x1, y1]) + jitter
+        box = np.clip(box, 0, self.crop - 1)
+        return (float(min(box[0], box[2])), float(min(box[1], box[3])), float(max(box[0], box[2])), float(max(box[1], box[3])))
+
+    def _initial_clicks(self, target, valid, rng) -> list[tuple[float, float, bool]]:
+        x, y = sample_interior_point(target, rng)
+        clicks = [(float(x), float(y), True)]
+        if rng.random() < 0.25:
+            for _ in range(int(rng.integers(1, 3))):
+                point = sample_interior_point(target, rng, 1.0) if rng.random() < 0.5 else None
+                if point is not None:
+                    clicks.append((float(point[0]), float(point[1]), True))
+                else:
+                    neg = sample_negative_point(target, valid, rng)
+                    if neg is not None:
+                        clicks.append((float(neg[0]), float(neg[1]), False))
+        return clicks
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)

@@ -1,0 +1,270 @@
+"""Train the early-fusion SqueezeSAM network. Resumable; the same command runs on CPU or CUDA.
+
+    python -m sqsam_train.train --data ../shared/data --run-dir runs/v1 --steps 6000
+
+Every ``--ckpt-minutes`` it writes ``RUN_DIR/last.ckpt`` (weights, optimiser, schedule, step and
+every RNG state), so re-running the same command continues exactly where it stopped. Metrics go
+to ``RUN_DIR/log.jsonl`` and a progress bar.
+
+Per step (RITM-style iterative training): draw a batch of samples (data.SampleMaker), run the
+network 0-3 times without gradients adding a corrective click each time at the error region
+(``sqsam_core.geometry.next_click``, the evaluation rule) and feeding the previous probability
+back, then one forward/backward pass. Loss: BCE + Dice on the best of the K hypotheses for an
+ambiguous prompt (one click or none), on hypothesis 0 otherwise (``contract.choose_hypothesis``),
+plus MSE between the IoU head and each hypothesis's true IoU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from sqsam_core import geometry
+from sqsam_core.contract import DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN, DEFAULT_STD, choose_hypothesis
+from sqsam_train.data import Sample, SampleMaker, load_training_data
+from sqsam_train.network import build_network
+
+ROUND_CHOICES = (0, 1, 2, 3)
+ROUND_PROBS = (0.3, 0.3, 0.2, 0.2)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="data root holding train/")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/v1"))
+    p.add_argument("--steps", type=int, default=6000, help="total optimiser steps (the schedule's length)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=256, help="training window side, model pixels")
+    p.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE, help="S: the inference input side")
+    p.add_argument("--click-radius", type=float, default=DEFAULT_CLICK_RADIUS)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--backbone-lr-scale", type=float, default=0.3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--stop-after-minutes", type=float, default=None, help="exit cleanly (with a checkpoint) after this long")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None, help="start from these weights (a .ckpt) instead of ImageNet")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------
+
+
+def prompt_tensors(samples: list[Sample], clicks: list[list], size: int, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 2, size, size) click maps and (B, 1, size, size) box maps, via the shared geometry module."""
+    click_maps = np.stack([geometry.click_maps(c, size, radius) for c in clicks])
+    box_maps = np.stack([geometry.box_map(s.box, size) for s in samples])
+    return torch.from_numpy(click_maps), torch.from_numpy(box_maps)
+
+
+def image_tensor(samples: list[Sample]) -> torch.Tensor:
+    """(B, 3, crop, crop) normalised images, exact zeros on padding as at inference."""
+    arrays = []
+    for s in samples:
+        chw = geometry.normalize_image(s.image, DEFAULT_MEAN, DEFAULT_STD)
+        chw[:, ~s.valid] = 0
+        arrays.append(chw)
+    return torch.from_numpy(np.stack(arrays))
+
+
+def upsample(logits: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def chosen_probability(logits: torch.Tensor, iou: torch.Tensor, clicks: list[list], samples: list[Sample], size: int) -> torch.Tensor:
+    """(B, 1, size, size) probability of the hypothesis the runtime would present."""
+    picks = [choose_hypothesis(iou[i].numpy(), len(clicks[i]), samples[i].box is not None) for i in range(len(samples))]
+    chosen = logits[torch.arange(len(samples)), picks][:, None]
+    return torch.sigmoid(upsample(chosen, size))
+
+
+def add_corrective_clicks(prob: torch.Tensor, samples: list[Sample], clicks: list[list]) -> None:
+    """Append the RITM next click (evaluation rule) for every sample whose prediction has errors."""
+    for i, s in enumerate(samples):
+        if s.mode == "salient":
+            continue
+        click = geometry.next_click(prob[i, 0].numpy() > 0.5, s.target, ignore=~s.valid)
+        if click is not None:
+            clicks[i].append((float(click[0]), float(click[1]), bool(click[2])))
+
+
+# --------------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------------
+
+
+def mask_losses(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, K) BCE + Dice per hypothesis, over valid pixels. logits (B,K,H,W), target/valid (B,1,H,W)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target.expand_as(logits), reduction="none")
+    bce = (bce * valid).sum(dim=(2, 3)) / valid.sum(dim=(2, 3)).clamp(min=1)
+    prob = torch.sigmoid(logits) * valid
+    inter = (prob * target).sum(dim=(2, 3))
+    dice = 1 - (2 * inter + 1) / (prob.sum(dim=(2, 3)) + (target * valid).sum(dim=(2, 3)) + 1)
+    return bce + dice
+
+
+def true_iou(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, K) IoU of each thresholded hypothesis with the target (no gradient)."""
+    with torch.no_grad():
+        pred = (logits > 0).float() * valid
+        t = target * valid
+        inter = (pred * t).sum(dim=(2, 3))
+        union = (pred + t).clamp(max=1).sum(dim=(2, 3))
+        return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def total_loss(logits, iou_pred, samples, clicks, size) -> tuple[torch.Tensor, dict[str, float]]:
+    full = upsample(logits, size)
+    target = torch.from_numpy(np.stack([s.target for s in samples])[:, None].astype(np.float32))
+    valid = torch.from_numpy(np.stack([s.valid for s in samples])[:, None].astype(np.float32))
+    per_mask = mask_losses(full, target, valid)  # (B, K)
+    ambiguous = torch.tensor([len(c) <= 1 and s.box is None for c, s in zip(clicks, samples)])
+    chosen = torch.where(ambiguous, per_mask.min(dim=1).values, per_mask[:, 0])
+    iou_target = true_iou(full, target, valid)
+    iou_loss = F.mse_loss(iou_pred, iou_target)
+    loss = chosen.mean() + iou_loss
+    best_iou = torch.where(ambiguous, iou_target.max(dim=1).values, iou_target[:, 0])
+    return loss, {"loss": loss.item(), "mask_loss": chosen.mean().item(), "iou_loss": iou_loss.item(), "iou": best_iou.mean().item()}
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, net, optimizer, step: int, rng: np.random.Generator, args) -> None:
+    state = {
+        "net": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "numpy_rng": rng.bit_generator.state,
+        "python_rng": random.getstate(),
+        "torch_rng": torch.get_rng_state(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def learning_rate_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(net, args) -> torch.optim.Optimizer:
+    backbone = [p for n, p in net.named_parameters() if n.startswith("encoder.blocks")]
+    rest = [p for n, p in net.named_parameters() if not n.startswith("encoder.blocks")]
+    return torch.optim.AdamW(
+        [{"params": backbone, "lr": args.lr * args.backbone_lr_scale, "base_lr": args.lr * args.backbone_lr_scale},
+         {"params": rest, "lr": args.lr, "base_lr": args.lr}],
+        weight_decay=1e-4,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Loop
+# --------------------------------------------------------------------------------------------
+
+
+def train_step(net, optimizer, maker: SampleMaker, rng, args, device) -> dict[str, float]:
+    samples = [maker.sample(rng) for _ in range(args.batch)]
+    clicks = [list(s.clicks) for s in samples]
+    size = args.crop
+    prev = torch.zeros(len(samples), 1, size, size)
+    image = image_tensor(samples).to(device)
+    rounds = int(rng.choice(ROUND_CHOICES, p=ROUND_PROBS))
+    if rounds:
+        net.eval()
+        with torch.no_grad():
+            for _ in range(rounds):
+                click_maps, box_maps = prompt_tensors(samples, clicks, size, args.click_radius)
+                logits, iou = net(image, click_maps.to(device), prev.to(device), box_maps.to(device))
+                prev = chosen_probability(logits.cpu(), iou.cpu(), clicks, samples, size)
+                add_corrective_clicks(prev, samples, clicks)
+        net.train()
+    click_maps, box_maps = prompt_tensors(samples, clicks, size, args.click_radius)
+    logits, iou = net(image, click_maps.to(device), prev.to(device), box_maps.to(device))
+    loss, metrics = total_loss(logits.cpu(), iou.cpu(), samples, clicks, size)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 2.0)
+    optimizer.step()
+    metrics["rounds"] = rounds
+    return metrics
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    sets = load_training_data(args.data, cache=args.run_dir / "data-cache.pkl")
+    maker = SampleMaker({k: v[0] for k, v in sets.items()}, crop=args.crop, input_size=args.input_size)
+
+    net = build_network(pretrained=None if args.init else "imagenet").to(device)
+    optimizer = make_optimizer(net, args)
+    rng = np.random.default_rng(args.seed)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    step = 0
+    last = args.run_dir / "last.ckpt"
+    if last.exists():
+        state = torch.load(last, map_location=device, weights_only=False)
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+        rng.bit_generator.state = state["numpy_rng"]
+        random.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed from {last} at step {step}")
+    elif args.init:
+        net.load_state_dict(torch.load(args.init, map_location=device, weights_only=False)["net"])
+
+    started = time.time()
+    last_save = time.time()
+    log = (args.run_dir / "log.jsonl").open("a")
+    bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=10)
+    running: dict[str, float] = {}
+    while step < args.steps:
+        factor = learning_rate_factor(step, args.steps, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        metrics = train_step(net, optimizer, maker, rng, args, device)
+        step += 1
+        for k, v in metrics.items():
+            running[k] = 0.98 * running.get(k, v) + 0.02 * v
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{running['loss']:.3f}", iou=f"{running['iou']:.3f}")
+            log.write(json.dumps({"step": step, "time": time.time(), "lr": args.lr * factor, **running}) + "\n")
+            log.flush()
+        out_of_time = args.stop_after_minutes is not None and time.time() - started > args.stop_after_minutes * 60
+        if time.time() - last_save > args.ckpt_minutes * 60 or step == args.steps or out_of_time:
+            save_checkpoint(last, net, optimizer, step, rng, args)
+            last_save = time.time()
+        if step % 500 == 0:
+            save_checkpoint(args.run_dir / f"step{step:06d}.ckpt", net, optimizer, step, rng, args)
+        if out_of_time:
+            print(f"stopping after {args.stop_after_minutes} minutes at step {step}")
+            break
+    save_checkpoint(last, net, optimizer, step, rng, args)
+    bar.close()
+
+
+if __name__ == "__main__":
+    main()

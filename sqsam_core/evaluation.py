@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image
 
 from sqsam_core import geometry
+from sqsam_core.errors import SqsamError
+from sqsam_core.imageio import load_image
 
 THRESHOLDS = (0.85, 0.90)
 IGNORE_VALUE = 128
@@ -63,8 +65,7 @@ def iter_dataset(dataset_dir: str | Path, limit: int | None = None) -> Iterator[
         stem = image_stem_for_mask(mask_path.stem, set(images))
         if stem is None:
             continue
-        with Image.open(images[stem]) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = load_image(images[stem])
         with Image.open(mask_path) as im:
             raw = np.asarray(im.convert("L"))
         ignore = raw == IGNORE_VALUE
@@ -118,7 +119,7 @@ def clicks_to_reach(ious: list[float], threshold: float, max_clicks: int) -> int
 def summarize(results: list[ObjectResult], max_clicks: int) -> dict:
     """Aggregate metrics (see module docstring) as a JSON-friendly dict."""
     if not results:
-        raise ValueError("no objects were evaluated")
+        raise SqsamError("no objects were evaluated")
     ious = np.array([r.ious for r in results])  # (N, max_clicks)
     report: dict = {"objects": len(results), "max_clicks": max_clicks}
     for t in THRESHOLDS:
@@ -164,11 +165,11 @@ def evaluate_dataset(model, dataset_dir: str | Path, max_clicks: int = 20, limit
 def format_report(report: dict) -> str:
     """A short human-readable table of a report."""
     miou = report["mIoU@k"]
+    ks = [k for k in (1, 3, 5, 10, 20) if k <= len(miou)]
     lines = [
         f"dataset {report.get('dataset', '?')}  model {report.get('model_version', '?')}  objects {report['objects']}",
         f"NoC@85 {report['NoC@85']:.2f}   NoC@90 {report['NoC@90']:.2f}   NoF@85 {report['NoF@85']}   NoF@90 {report['NoF@90']}",
-        "mIoU@1 {:.3f}   mIoU@3 {:.3f}   mIoU@5 {:.3f}   mIoU@10 {:.3f}   mIoU@{} {:.3f}".format(
-            miou[0], miou[min(2, len(miou) - 1)], miou[min(4, len(miou) - 1)], miou[min(9, len(miou) - 1)], len(miou), miou[-1]),
+        "   ".join(f"mIoU@{k} {miou[k - 1]:.3f}" for k in ks),
         f"zero-click IoU {report['zero_click_iou']:.3f}" if report.get("zero_click_iou") is not None else "zero-click IoU n/a",
         f"per-click latency p50 {report['click_ms_p50']:.1f} ms   p95 {report['click_ms_p95']:.1f} ms",
     ]

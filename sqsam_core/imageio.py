@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from typing import IO, Union
 
 import numpy as np
@@ -276,37 +275,37 @@ def decode_image_bytes(
 
 
 def _decode(fp: IO[bytes], label: str, max_pixels: int | None) -> np.ndarray:
-    with warnings.catch_warnings():
-        # Our own limit is checked below; Pillow's warning between 1x and 2x its own limit is noise.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    # Pillow warns (DecompressionBombWarning) between 1x and 2x Image.MAX_IMAGE_PIXELS and
+    # raises over 2x; sqsam's own limit is checked below. The warning is left alone: silencing
+    # it with warnings.catch_warnings() is not thread-safe, and servers decode in threads.
+    try:
+        im = Image.open(fp, formats=_allowed_formats())
+    except Image.DecompressionBombError as exc:
+        raise InvalidImageError(f"{label}: image too large to decode safely ({_one_line(exc)})") from None
+    except UnidentifiedImageError:
+        raise InvalidImageError(f"{label}: not a readable image (unknown or corrupt format)") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on malformed headers
+        raise InvalidImageError(f"{label}: corrupt image header: {_one_line(exc)}") from None
+    with im:
+        width, height = im.size
+        if width <= 0 or height <= 0:
+            raise InvalidImageError(f"{label}: empty image ({width}x{height} pixels)")
+        # Image.open only read the header: refuse oversized images before decoding a pixel.
+        if max_pixels is not None and width * height > max_pixels:
+            raise InvalidImageError(
+                f"{label}: {width}x{height} image ({width * height / 1e6:.1f} MP) is over the "
+                f"{max_pixels / 1e6:g} MP limit"
+            )
         try:
-            im = Image.open(fp, formats=_allowed_formats())
+            im.load()
         except Image.DecompressionBombError as exc:
             raise InvalidImageError(f"{label}: image too large to decode safely ({_one_line(exc)})") from None
-        except UnidentifiedImageError:
-            raise InvalidImageError(f"{label}: not a readable image (unknown or corrupt format)") from None
-        except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on malformed headers
-            raise InvalidImageError(f"{label}: corrupt image header: {_one_line(exc)}") from None
-        with im:
-            width, height = im.size
-            if width <= 0 or height <= 0:
-                raise InvalidImageError(f"{label}: empty image ({width}x{height} pixels)")
-            # Image.open only read the header: refuse oversized images before decoding a pixel.
-            if max_pixels is not None and width * height > max_pixels:
-                raise InvalidImageError(
-                    f"{label}: {width}x{height} image ({width * height / 1e6:.1f} MP) is over the "
-                    f"{max_pixels / 1e6:g} MP limit"
-                )
-            try:
-                im.load()
-            except Image.DecompressionBombError as exc:
-                raise InvalidImageError(f"{label}: image too large to decode safely ({_one_line(exc)})") from None
-            except Exception as exc:  # noqa: BLE001 - truncated / corrupt data, whatever the plugin raises
-                reason = _one_line(exc)
-                if "truncated" in reason.lower():
-                    raise InvalidImageError(f"{label}: truncated image file ({reason})") from None
-                raise InvalidImageError(f"{label}: corrupt image data: {reason}") from None
-            return to_rgb_array(im, exif_transpose=True)
+        except Exception as exc:  # noqa: BLE001 - truncated / corrupt data, whatever the plugin raises
+            reason = _one_line(exc)
+            if "truncated" in reason.lower():
+                raise InvalidImageError(f"{label}: truncated image file ({reason})") from None
+            raise InvalidImageError(f"{label}: corrupt image data: {reason}") from None
+        return to_rgb_array(im, exif_transpose=True)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -42,7 +42,10 @@ def default_model_path() -> Path:
     override = os.environ.get("SQSAM_MODEL")
     if override:
         return Path(override)
-    return Path(str(resources.files("sqsam_core.weights").joinpath(DEFAULT_MODEL_NAME)))
+    try:
+        return Path(str(resources.files("sqsam_core.weights").joinpath(DEFAULT_MODEL_NAME)))
+    except ModuleNotFoundError:  # running from a source checkout that was not pip-installed
+        return Path(__file__).resolve().parents[1] / "models" / "weights" / DEFAULT_MODEL_NAME
 
 
 class OnnxBackend:

@@ -47,6 +47,7 @@ def main(argv=None) -> None:
         model = SqueezeSAM(backend=TorchBackend(net), spec=spec_for(net, ckpt.stem))
         report = evaluate(model, objects, max_clicks=args.max_clicks, progress=False)
         report["dataset"] = "train-validation"
+        report["model_version"] = ckpt.name
         print(format_report(report))
         print(json.dumps({"checkpoint": str(ckpt), **{k: report[k] for k in ("NoC@85", "NoC@90", "zero_click_iou")},
                           "mIoU@1": report["mIoU@k"][0]}), flush=True)

@@ -307,14 +307,14 @@ def interactor_response(mask: np.ndarray, score: float) -> dict:
     mask = np.asarray(mask, dtype=bool)
     bounds = mask_bounds(mask)
     if bounds is None:  # nothing found: CVAT shows no shape
-        return {"mask": [[0]], "bounds": [0, 0, 0, 0], "points": [], "score": confidence(score), "shapes": []}
+        return {"mask": [[0]], "bounds": [0, 0, 0, 0], "points": [], "score": round(float(score), 4), "shapes": []}
     x1, y1, x2, y2 = bounds
     polys = polygons(mask)
     return {
         "mask": mask[y1 : y2 + 1, x1 : x2 + 1].astype(np.uint8).tolist(),
         "bounds": [x1, y1, x2, y2],
         "points": [[x, y] for x, y in zip(polys[0][0::2], polys[0][1::2])] if polys else [],
-        "score": confidence(score),
+        "score": round(float(score), 4),
         "shapes": [
             {
                 "type": "mask",

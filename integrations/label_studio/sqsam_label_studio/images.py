@@ -318,8 +318,10 @@ class ImageLoader:
                 rgb = np.asarray(image.convert("RGB"))
         except ImageFetchError:
             raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageFetchError("the file is not an image sqsam can read (or is too large)", 422) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageFetchError(f"the image has too many pixels ({exc})", 413) from None
+        except UnidentifiedImageError:
+            raise ImageFetchError("the file is not an image sqsam can read", 422) from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageFetchError(f"the image cannot be decoded: {exc}", 422) from None
         if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:

@@ -39,6 +39,10 @@ class Prompt:
     box: tuple[float, float, float, float] | None = None  # x, y, width, height in percent
     label: str | None = None
 
+    @property
+    def has_positive(self) -> bool:
+        return self.box is not None or any(positive for _, _, positive in self.clicks)
+
     def to_pixels(self, width: int, height: int):
         """``(clicks, box)`` in sqsam pixel coordinates (x = column; pixel centres at integers)."""
         clicks = []
@@ -138,8 +142,6 @@ def parse_context(context: Any) -> Prompt | None:
             prompt.label = label
     if not prompt.clicks and prompt.box is None:
         raise InvalidPromptError("the interactive context holds no keypoint or rectangle to segment from")
-    if not any(positive for _, _, positive in prompt.clicks) and prompt.box is None:
-        raise InvalidPromptError("the interactive context holds only negative points; add a positive point first")
     return prompt
 
 

@@ -1,0 +1,239 @@
+"""Run a local Label Studio (from its pip package) and drive it over its REST API.
+
+Used by ``sqsam demo`` and by the end-to-end test. Label Studio pins many packages, so install it
+in a virtual environment of its own and point ``SQSAM_LABEL_STUDIO_BIN`` (or ``--label-studio-bin``)
+at its ``label-studio`` executable. The server listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+ENV_BIN = "SQSAM_LABEL_STUDIO_BIN"
+
+
+def find_label_studio(explicit: str | None = None) -> str | None:
+    """The ``label-studio`` executable: ``explicit``, ``$SQSAM_LABEL_STUDIO_BIN``, or on PATH."""
+    for candidate in (explicit, os.environ.get(ENV_BIN)):
+        if candidate:
+            path = Path(candidate).expanduser()
+            if path.is_dir():
+                path = path / "bin" / "label-studio"  # a venv directory
+            return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+    return shutil.which("label-studio")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class LabelStudioError(RuntimeError):
+    pass
+
+
+class LabelStudioServer:
+    """A Label Studio process on 127.0.0.1 with one admin user (legacy token enabled)."""
+
+    def __init__(self, executable: str, data_dir: str | os.PathLike, port: int | None = None,
+                 username: str = "admin@example.com", password: str = "sqsam-demo",
+                 token: str = "sqsam-demo-token-0123456789", log_path: str | os.PathLike | None = None,
+                 extra_env: dict[str, str] | None = None):
+        self.executable = executable
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.username, self.password, self.token = username, password, token
+        self.log_path = Path(log_path) if log_path else self.data_dir / "label-studio.log"
+        self.extra_env = extra_env or {}
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 300.0) -> "LabelStudioServer":
+        import requests
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        for key in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "HOST", "PORT", "USERNAME", "PASSWORD",
+                    "USER_TOKEN", "DATABASE_NAME"):
+            env.pop(key, None)
+        env.update({
+            "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir.resolve()),
+            "ML_BLOCK_LOCAL_IP": "false",  # the sqsam backend runs on 127.0.0.1 too
+            "SSRF_PROTECTION_ENABLED": "false",
+            "LATEST_VERSION_CHECK": "false",
+            "COLLECT_ANALYTICS": "false",
+        })
+        env.update(self.extra_env)
+        command = [self.executable, "start", "--no-browser", "--internal-host", "127.0.0.1",
+                   "--port", str(self.port), "--data-dir", str(self.data_dir.resolve()),
+                   "--username", self.username, "--password", self.password,
+                   "--user-token", self.token, "--enable-legacy-api-token", "--log-level", "WARNING"]
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, cwd=str(self.data_dir),
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_tail()
+                self.stop()
+                raise LabelStudioError(f"Label Studio exited with code {self.process.returncode}:\n{tail}")
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise LabelStudioError(f"Label Studio did not answer on {self.url} within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the process we started (by its PID / its own process group), bounded."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)  # start_new_session: its group id is its pid
+            except (ProcessLookupError, PermissionError):
+                process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    process.kill()
+                process.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def client(self, auth_header: str | None = None) -> "LabelStudioClient":
+        return LabelStudioClient(self.url, auth_header or f"Token {self.token}")
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class LabelStudioClient:
+    """The few REST calls sqsam's demo and tests need."""
+
+    def __init__(self, url: str, auth_header: str, timeout: float = 120.0):
+        import requests
+
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = auth_header
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, expect: Iterable[int] = (200, 201), **kwargs) -> Any:
+        response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+        if response.status_code not in tuple(expect):
+            raise LabelStudioError(f"{method} {path} -> {response.status_code}: {response.text[:1000]}")
+        return response.json() if response.content else None
+
+    def whoami(self) -> dict:
+        return self._call("GET", "/api/current-user/whoami")
+
+    def create_project(self, title: str, label_config: str, **fields) -> int:
+        payload = {"title": title, "label_config": label_config, "show_collab_predictions": True}
+        payload.update(fields)
+        return int(self._call("POST", "/api/projects", json=payload)["id"])
+
+    def import_images(self, project_id: int, paths: Iterable[str | os.PathLike]) -> list[int]:
+        files = []
+        handles = []
+        try:
+            for n, path in enumerate(paths):
+                path = Path(path)
+                handle = open(path, "rb")
+                handles.append(handle)
+                # one form field per file: Label Studio reads one file per field name
+                files.append((f"file{n}", (path.name, handle, mimetypes.guess_type(path.name)[0] or "image/jpeg")))
+            result = self._call("POST", f"/api/projects/{project_id}/import", files=files)
+        finally:
+            for handle in handles:
+                handle.close()
+        return [int(t) for t in (result or {}).get("task_ids", [])] or self.task_ids(project_id)
+
+    def task_ids(self, project_id: int) -> list[int]:
+        tasks = self._call("GET", f"/api/tasks?project={project_id}&page_size=1000")
+        if isinstance(tasks, dict):
+            tasks = tasks.get("tasks", [])
+        return [int(t["id"]) for t in tasks]
+
+    def connect_ml(self, project_id: int, url: str, title: str = "sqsam", interactive: bool = True,
+                   **fields) -> dict:
+        payload = {"project": project_id, "url": url, "title": title, "is_interactive": interactive}
+        payload.update(fields)
+        return self._call("POST", "/api/ml", json=payload)
+
+    def ml_backend(self, ml_id: int) -> dict:
+        return self._call("GET", f"/api/ml/{ml_id}")
+
+    def task(self, task_id: int) -> dict:
+        return self._call("GET", f"/api/tasks/{task_id}")
+
+    def predictions(self, task_id: int) -> list[dict]:
+        result = self._call("GET", f"/api/predictions?task={task_id}")
+        return result if isinstance(result, list) else result.get("results", [])
+
+    def interactive(self, ml_id: int, task_id: int, context: dict) -> dict:
+        return self._call("POST", f"/api/ml/{ml_id}/interactive-annotating",
+                          json={"task": task_id, "context": context})
+
+    def create_personal_token(self) -> str:
+        """A personal access token (JWT refresh token) for the current user."""
+        return str(self._call("POST", "/api/token/", json={})["token"])
+
+
+class BackgroundServer:
+    """A WSGI app served on 127.0.0.1 from a thread (for the demo and tests)."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        from werkzeug.serving import make_server
+
+        self.server = make_server(host, port, app, threaded=True)
+        self.host, self.port = host, int(self.server.server_port)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="sqsam-ls-backend", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "BackgroundServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

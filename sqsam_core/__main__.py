@@ -1,0 +1,7 @@
+"""`python -m sqsam_core` runs the sqsam command line."""
+
+import sys
+
+from sqsam_core.cli import main
+
+sys.exit(main())

@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0   # the CPU wheel; never an unpinned torch
-	$(PY) -m pip install -q -e ".[train,label-studio,cvat,dev]"
+	$(PY) -m pip install -q -e ".[train,label-studio,cvat,bench,dev]"
 	touch $@
 
 install: $(VENV)/.installed

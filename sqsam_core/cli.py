@@ -90,7 +90,7 @@ def _finite_numbers(parts: Sequence[str], what: str) -> list[float]:
     return values
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -163,7 +163,7 @@ def _bbox(mask) -> list[int] | None:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="PATH", default=None,
                         help="ONNX model file (default: the bundled model, or $SQSAM_MODEL)")
-    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="ONNX Runtime threads (default: one per core)")
 
 
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     image_options = argparse.ArgumentParser(add_help=False)
-    image_options.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+    image_options.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                                help=f"refuse images over N pixels (default {DEFAULT_MAX_PIXELS})")
     image_options.add_argument("--alpha", type=_probability, default=0.5,
                                help="overlay tint opacity in [0, 1] (default 0.5)")
@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("image", metavar="IMAGE", help="image file")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the results (created)")
-    p.add_argument("--max-objects", type=_positive_int, default=5, metavar="N", help="at most N objects (default 5)")
+    p.add_argument("--max-objects", type=positive_int, default=5, metavar="N", help="at most N objects (default 5)")
     p.add_argument("--min-score", type=_probability, default=0.5, metavar="S",
                    help="drop objects whose predicted IoU is under S (default 0.5)")
     _add_model_options(p)
@@ -404,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "protocol: NoC@85/90, NoF@85/90, mIoU@k, zero-click IoU, per-click latency.",
     )
     p.add_argument("dataset_dir", metavar="DATASET_DIR", help="folder holding images/ and masks/")
-    p.add_argument("--max-clicks", type=_positive_int, default=20, metavar="N", help="clicks per object (default 20)")
-    p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="only the first N objects")
+    p.add_argument("--max-clicks", type=positive_int, default=20, metavar="N", help="clicks per object (default 20)")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N objects")
     p.add_argument("--json", metavar="OUT.json", help="write the full report (with per-object IoUs)")
     p.add_argument("--plot", metavar="CURVE.png", help="plot mIoU against clicks (needs matplotlib)")
     p.add_argument("--no-zero-click", action="store_true", help="skip the zero-click (automask) IoU")

@@ -61,7 +61,7 @@ def test_report_fields(quick_report):
     assert [(f["width"], f["height"]) for f in r["first_click"]] == TINY_SIZES
     for fc in r["first_click"]:
         assert_stats(fc, n=3)
-        for key in ("decode_p50_ms", "prepare_p50_ms", "predict_p50_ms", "without_decode_p50_ms"):
+        for key in ("decode_p50_ms", "prepare_p50_ms", "predict_p50_ms", "model_p50_ms", "without_decode_p50_ms"):
             assert fc[key] > 0
         assert fc["jpeg_kb"] > 0
 

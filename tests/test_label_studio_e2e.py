@@ -162,7 +162,10 @@ def run_flow(ls: LabelStudioServer, client, model, backend_url: str, image_path:
     assert answer["data"]["model_version"] == model.spec.model_version
     mask1 = decode(result[0])
     # The chain adds nothing: Label Studio shows exactly what the core predicts.
-    image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
+    from PIL import Image, ImageOps
+
+    with Image.open(image_path) as im:  # decoded as the backend decodes it
+        image = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     assert np.array_equal(mask1, model.predict_history(image, [(x, y, True)]).mask)
     iou1 = mask_iou(mask1, gt, ignore)
 

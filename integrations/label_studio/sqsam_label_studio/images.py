@@ -181,7 +181,7 @@ class ImageLoader:
         url = url.strip()
         ls_url = self.ls_url or (fallback_host.rstrip("/") + "/" if fallback_host else None)
         token = self.api_key or fallback_token
-        cache_id = f"{ls_url}|{url}"
+        cache_id = hashlib.sha1(f"{ls_url}|{url}".encode()).hexdigest()  # data: URLs can be megabytes
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(cache_id)

@@ -172,7 +172,7 @@ class LabelStudioClient:
                 handles.append(handle)
                 # one form field per file: Label Studio reads one file per field name
                 files.append((f"file{n}", (path.name, handle, mimetypes.guess_type(path.name)[0] or "image/jpeg")))
-            result = self._call("POST", f"/api/projects/{project_id}/import", files=files)
+            result = self._call("POST", f"/api/projects/{project_id}/import?return_task_ids=true", files=files)
         finally:
             for handle in handles:
                 handle.close()

@@ -12,6 +12,10 @@ class InvalidImageError(SqsamError):
     """The image cannot be decoded, is empty, truncated, too large, or of an unusable shape."""
 
 
+class ImageTooLargeError(InvalidImageError):
+    """The image is over the pixel limit (or a decompression bomb): refused before decoding."""
+
+
 class InvalidPromptError(SqsamError):
     """Clicks, box or previous mask are malformed (NaN, outside the image, wrong shape)."""
 

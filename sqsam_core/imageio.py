@@ -36,7 +36,7 @@ from typing import IO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sqsam_core.errors import InvalidImageError
+from sqsam_core.errors import ImageTooLargeError, InvalidImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -281,9 +281,9 @@ def _decode(fp: IO[bytes], label: str, max_pixels: int | None) -> np.ndarray:
     try:
         im = Image.open(fp, formats=_allowed_formats())
     except Image.DecompressionBombError as exc:
-        raise InvalidImageError(f"{label}: image too large to decode safely ({_one_line(exc)})") from None
+        raise ImageTooLargeError(f"{label}: image too large to decode safely ({_one_line(exc)})") from None
     except UnidentifiedImageError:
-        raise InvalidImageError(f"{label}: not a readable image (unknown or corrupt format)") from None
+        raise InvalidImageError(f"{label}: not an image sqsam can read (unknown or corrupt format)") from None
     except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on malformed headers
         raise InvalidImageError(f"{label}: corrupt image header: {_one_line(exc)}") from None
     with im:
@@ -292,14 +292,14 @@ def _decode(fp: IO[bytes], label: str, max_pixels: int | None) -> np.ndarray:
             raise InvalidImageError(f"{label}: empty image ({width}x{height} pixels)")
         # Image.open only read the header: refuse oversized images before decoding a pixel.
         if max_pixels is not None and width * height > max_pixels:
-            raise InvalidImageError(
-                f"{label}: {width}x{height} image ({width * height / 1e6:.1f} MP) is over the "
+            raise ImageTooLargeError(
+                f"{label}: {width}x{height} pixels ({width * height / 1e6:.1f} MP), over the "
                 f"{max_pixels / 1e6:g} MP limit"
             )
         try:
             im.load()
         except Image.DecompressionBombError as exc:
-            raise InvalidImageError(f"{label}: image too large to decode safely ({_one_line(exc)})") from None
+            raise ImageTooLargeError(f"{label}: image too large to decode safely ({_one_line(exc)})") from None
         except Exception as exc:  # noqa: BLE001 - truncated / corrupt data, whatever the plugin raises
             reason = _one_line(exc)
             if "truncated" in reason.lower():

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sqsam_core import formats
-from sqsam_core.errors import InvalidImageError, InvalidPromptError
+from sqsam_core.errors import ImageTooLargeError, InvalidImageError, InvalidPromptError
 from sqsam_core.geometry import mask_box
 from sqsam_core.imageio import DEFAULT_MAX_PIXELS, decode_image_bytes, to_rgb_array
 
@@ -90,7 +90,7 @@ def frame_from_image(image) -> Frame:
     """A Frame from a PIL image or array (the cvat-sdk functions get PIL images)."""
     rgb = to_rgb_array(image)
     if rgb.shape[0] * rgb.shape[1] > MAX_FRAME_PIXELS:
-        raise InvalidImageError(
+        raise ImageTooLargeError(
             f"the frame is {rgb.shape[1]}x{rgb.shape[0]}, over the {MAX_FRAME_PIXELS / 1e6:g} MP limit"
         )
     digest = hashlib.sha1(repr(rgb.shape).encode())

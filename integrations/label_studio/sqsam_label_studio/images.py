@@ -20,19 +20,20 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import json
 import logging
 import os
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 
 import numpy as np
+
+from sqsam_core.errors import ImageTooLargeError, InvalidImageError
+from sqsam_core.imageio import decode_image_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -301,32 +302,14 @@ class ImageLoader:
     # ----------------------------------------------------------------------------------------
 
     def decode(self, data: bytes) -> np.ndarray:
-        """Bytes -> ``(H, W, 3)`` uint8 RGB, EXIF orientation applied (as browsers show it)."""
-        from PIL import Image, ImageOps, UnidentifiedImageError
-
-        if not data:
-            raise ImageFetchError("the image is empty")
+        """Bytes -> ``(H, W, 3)`` uint8 RGB via the core's decoder (EXIF applied, pixel limit
+        checked on the header before decoding): 413 when too large, 422 when unreadable."""
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))
-                width, height = image.size
-                if width * height > self.max_pixels:
-                    raise ImageFetchError(
-                        f"the image is {width}x{height} pixels, more than the limit of {self.max_pixels}", 413)
-                image = ImageOps.exif_transpose(image)
-                rgb = np.asarray(image.convert("RGB"))
-        except ImageFetchError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageFetchError(f"the image has too many pixels ({exc})", 413) from None
-        except UnidentifiedImageError:
-            raise ImageFetchError("the file is not an image sqsam can read", 422) from None
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageFetchError(f"the image cannot be decoded: {exc}", 422) from None
-        if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-            raise ImageFetchError("the image is empty", 422)
-        return np.ascontiguousarray(rgb)
+            return decode_image_bytes(data, self.max_pixels, name="the image")
+        except ImageTooLargeError as exc:
+            raise ImageFetchError(str(exc), 413) from None
+        except InvalidImageError as exc:
+            raise ImageFetchError(str(exc), 422) from None
 
 
 def _short(url: str) -> str:

@@ -116,9 +116,9 @@ def _probability(text: str) -> float:
 
 
 def _load_model(args):
-    from sqsam_core.predictor import SqueezeSAM
+    from sqsam_core.predictor import SqueezeSAM, ZoomIn
 
-    return SqueezeSAM(args.model, threads=args.threads)
+    return SqueezeSAM(args.model, threads=args.threads, zoom_in=None if getattr(args, "no_zoom", False) else ZoomIn())
 
 
 def _save_png(array, path: str | os.PathLike) -> None:
@@ -410,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="CURVE.png", help="plot mIoU against clicks (needs matplotlib)")
     p.add_argument("--no-zero-click", action="store_true", help="skip the zero-click (automask) IoU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-zoom", action="store_true",
+                   help="every click sees the whole image (default: zoom-in from the second click)")
     _add_model_options(p)
     p.set_defaults(func=cmd_eval)
 

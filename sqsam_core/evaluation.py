@@ -146,7 +146,9 @@ def evaluate(model, objects: Iterable[EvalObject], max_clicks: int = 20, zero_cl
 
         iterator = tqdm(objects, total=total, desc="eval", unit="obj", dynamic_ncols=True)
     results = [evaluate_object(model, obj, max_clicks, zero_click) for obj in iterator]
-    return summarize(results, max_clicks)
+    report = summarize(results, max_clicks)
+    report["zoom_in"] = getattr(model, "zoom_in", None) is not None
+    return report
 
 
 def evaluate_dataset(model, dataset_dir: str | Path, max_clicks: int = 20, limit: int | None = None,
@@ -167,7 +169,8 @@ def format_report(report: dict) -> str:
     miou = report["mIoU@k"]
     ks = [k for k in (1, 3, 5, 10, 20) if k <= len(miou)]
     lines = [
-        f"dataset {report.get('dataset', '?')}  model {report.get('model_version', '?')}  objects {report['objects']}",
+        f"dataset {report.get('dataset', '?')}  model {report.get('model_version', '?')}  objects {report['objects']}"
+        f"  zoom-in {'on' if report.get('zoom_in', True) else 'off'}",
         f"NoC@85 {report['NoC@85']:.2f}   NoC@90 {report['NoC@90']:.2f}   NoF@85 {report['NoF@85']}   NoF@90 {report['NoF@90']}",
         "   ".join(f"mIoU@{k} {miou[k - 1]:.3f}" for k in ks),
         f"zero-click IoU {report['zero_click_iou']:.3f}" if report.get("zero_click_iou") is not None else "zero-click IoU n/a",

@@ -12,6 +12,9 @@ Coordinate conventions (used everywhere in sqsam):
 * **Image space** is the original image (``H x W``); **model space** is the ``S x S``
   letterboxed square the network sees: the image is resized so that its longer side is ``S``
   (aspect ratio kept), placed at the top-left corner, and the rest is padding.
+* A **view** is what one network pass sees: the whole image, or (zoom-in, after the first
+  click) a window of it, letterboxed the same way. Window edges are integer image pixels:
+  columns ``[left, right)``, rows ``[top, bottom)``.
 
 The model contract (docs/model-contract.md) fixes ``S``, the click radius ``R`` and the output
 stride; they are read from the ONNX metadata and passed in here, never hard-coded.
@@ -19,6 +22,7 @@ stride; they are read from the ONNX metadata and passed in here, never hard-code
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -107,6 +111,159 @@ def zero_padding(chw: np.ndarray, box: Letterbox) -> np.ndarray:
     chw[:, box.resized_height :, :] = 0
     chw[:, :, box.resized_width :] = 0
     return chw
+
+
+# --------------------------------------------------------------------------------------------
+# Views: the whole image or a zoom-in window of it, letterboxed
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class View:
+    """The window ``[left, right) x [top, bottom)`` of an ``image_height x image_width`` image,
+    letterboxed into the ``size x size`` model input (see :class:`Letterbox`)."""
+
+    image_height: int
+    image_width: int
+    size: int
+    left: int = 0
+    top: int = 0
+    right: int | None = None  # None = image_width
+    bottom: int | None = None  # None = image_height
+
+    def __post_init__(self) -> None:
+        if self.right is None:
+            object.__setattr__(self, "right", self.image_width)
+        if self.bottom is None:
+            object.__setattr__(self, "bottom", self.image_height)
+        if not (0 <= self.left < self.right <= self.image_width and 0 <= self.top < self.bottom <= self.image_height):
+            raise ValueError(f"window {self.window} does not fit a {self.image_width}x{self.image_height} image")
+
+    @property
+    def window(self) -> tuple[int, int, int, int]:
+        """``(left, top, right, bottom)`` image pixels, right/bottom exclusive."""
+        return self.left, self.top, self.right, self.bottom
+
+    @property
+    def is_full(self) -> bool:
+        return self.window == (0, 0, self.image_width, self.image_height)
+
+    @property
+    def letterbox(self) -> Letterbox:
+        """How the window (``height x width``) sits in the model input."""
+        return Letterbox(self.bottom - self.top, self.right - self.left, self.size)
+
+    def contains(self, x: float, y: float) -> bool:
+        """Whether image pixel ``(x, y)`` lies inside the window."""
+        return self.left - 0.5 <= x < self.right - 0.5 and self.top - 0.5 <= y < self.bottom - 0.5
+
+    def points_to_model(self, points_xy: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` image-pixel ``(x, y)`` -> model-pixel ``(x, y)`` of this view."""
+        points_xy = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+        return self.letterbox.points_to_model(points_xy - (self.left, self.top))
+
+    def box_to_model(self, box: Box) -> Box:
+        """An image-space box ``(x0, y0, x1, y1)`` in this view's model pixels."""
+        return self.letterbox.box_to_model((box[0] - self.left, box[1] - self.top, box[2] - self.left, box[3] - self.top))
+
+    def crop(self, array: np.ndarray) -> np.ndarray:
+        """The window of an image-space ``(H, W, ...)`` array."""
+        return array[self.top : self.bottom, self.left : self.right]
+
+    def logits_to_image(self, logits: np.ndarray, stride: int, outside: float = -20.0) -> np.ndarray:
+        """``(K, s, s)`` (or ``(s, s)``) view logits -> ``(K, H, W)`` image logits.
+
+        Inside the window: :func:`logits_to_image`; outside it: ``outside`` (background).
+        """
+        inside = logits_to_image(logits, self.letterbox, stride)
+        if self.is_full:
+            return inside
+        out = np.full((*inside.shape[:-2], self.image_height, self.image_width), outside, dtype=np.float32)
+        out[..., self.top : self.bottom, self.left : self.right] = inside
+        return out
+
+
+def logits_to_view(logits: np.ndarray, source: View, target: View, stride: int, outside: float = -20.0) -> np.ndarray:
+    """Resample ``(s, s)`` output logits of the ``source`` view onto the ``(S, S)`` model input
+    of the ``target`` view (same image), in one bilinear affine warp.
+
+    Target model pixel ``u`` is image pixel ``x = (u + 0.5) / t - 0.5 + left_t``, which is
+    source output cell ``((x - left_s + 0.5) * s_scale + 0.5) / stride - 0.5`` (the same per
+    axis). Cells outside the source's valid (non-padding) part, and all of the target's padding,
+    read as ``outside``.
+    """
+    src_box, dst_box = source.letterbox, target.letterbox
+    plane = np.array(logits, dtype=np.float32)
+    plane[math.ceil(src_box.resized_height / stride):, :] = outside
+    plane[:, math.ceil(src_box.resized_width / stride):] = outside
+    a = src_box.scale / (dst_box.scale * stride)
+    shift_x = (0.5 / dst_box.scale + target.left - source.left) * src_box.scale / stride - 0.5
+    shift_y = (0.5 / dst_box.scale + target.top - source.top) * src_box.scale / stride - 0.5
+    matrix = np.array([[a, 0.0, shift_x], [0.0, a, shift_y]], dtype=np.float64)
+    out = cv2.warpAffine(plane, matrix, (target.size, target.size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=outside)
+    out[dst_box.resized_height:, :] = outside
+    out[:, dst_box.resized_width:] = outside
+    return out
+
+
+def full_view(height: int, width: int, size: int) -> View:
+    """The whole ``height x width`` image as one view."""
+    return View(height, width, size)
+
+
+def zoom_window(mask: np.ndarray, clicks: Sequence[Click], box: Box | None = None, expansion: float = 1.4,
+                min_side: float = 200.0) -> tuple[int, int, int, int] | None:
+    """RITM's zoom-in window: where the object is, with a margin, in image pixels.
+
+    ``mask``: ``(H, W)`` bool, the current prediction. The tight box of the mask, the positive
+    clicks and ``box`` (if any) is grown by ``expansion`` about its centre, each side to at least
+    ``min_side`` pixels, and clipped to the image. Returns ``(left, top, right, bottom)`` with
+    right/bottom exclusive, or None when there is nothing to zoom on.
+    """
+    height, width = mask.shape
+    xs, ys = [], []
+    mask_extent = mask_box(mask)
+    if mask_extent is not None:
+        xs += [mask_extent[0], mask_extent[2]]
+        ys += [mask_extent[1], mask_extent[3]]
+    for x, y, positive in clicks:
+        if positive:
+            xs.append(x)
+            ys.append(y)
+    if box is not None:
+        xs += [box[0], box[2]]
+        ys += [box[1], box[3]]
+    if not xs:
+        return None
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    half_w = max((x1 - x0 + 1) * expansion, min_side) / 2
+    half_h = max((y1 - y0 + 1) * expansion, min_side) / 2
+    cx, cy = (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2  # centre in edge coordinates
+    left, right = max(0, int(np.floor(cx - half_w))), min(width, int(np.ceil(cx + half_w)))
+    top, bottom = max(0, int(np.floor(cy - half_h))), min(height, int(np.ceil(cy + half_h)))
+    return left, top, right, bottom
+
+
+def letterbox_window(source: np.ndarray, source_scale: float, view: View) -> np.ndarray:
+    """The ``(S, S, 3)`` uint8 canvas of a view, cut from ``source``.
+
+    ``source`` is the image, possibly downscaled by ``source_scale`` (source pixels per image
+    pixel, <= 1) to bound memory; the window is cut from it and resized to the view's letterbox.
+    """
+    box = view.letterbox
+    src_h, src_w = source.shape[:2]
+    left = min(src_w - 1, int(np.floor(view.left * source_scale)))
+    top = min(src_h - 1, int(np.floor(view.top * source_scale)))
+    right = max(left + 1, min(src_w, int(np.ceil(view.right * source_scale))))
+    bottom = max(top + 1, min(src_h, int(np.ceil(view.bottom * source_scale))))
+    patch = source[top:bottom, left:right]
+    shrink = box.resized_width < patch.shape[1]
+    resized = cv2.resize(patch, (box.resized_width, box.resized_height),
+                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    canvas = np.zeros((view.size, view.size, 3), dtype=np.uint8)
+    canvas[: box.resized_height, : box.resized_width] = resized
+    return canvas
 
 
 # --------------------------------------------------------------------------------------------

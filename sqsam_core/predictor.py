@@ -33,6 +33,24 @@ from sqsam_core.imageio import to_rgb_array
 
 DEFAULT_MODEL_NAME = "squeezesam.onnx"
 
+
+@dataclass(frozen=True)
+class ZoomIn:
+    """RITM's zoom-in (Sofiiuk et al., 2022): from click ``skip_clicks + 1`` on, the network sees
+    only the window around the current mask and the positive clicks (:func:`geometry.zoom_window`,
+    ``expansion`` x the object's box, sides >= ``min_side`` image pixels) at the full input
+    resolution. The window is used only when it magnifies by at least ``min_gain``; otherwise the
+    whole image is seen. The defaults are RITM's published ones (1.4, 200 px, from click 2).
+    """
+
+    skip_clicks: int = 1
+    expansion: float = 1.4
+    min_side: float = 200.0
+    min_gain: float = 1.1
+
+
+ZOOM_SOURCE_MAX_SIDE = 1600  # zoom-in views are cut from a copy at most this long (bounded memory)
+
 # A backend maps the four contract inputs to (masks (1,K,s,s) logits, iou (1,K)).
 Backend = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
@@ -83,11 +101,22 @@ class OnnxBackend:
 
 @dataclass
 class PreparedImage:
-    """An image decoded, letterboxed and normalised once; reused for every click on it."""
+    """An image decoded, letterboxed and normalised once; reused for every click on it.
+
+    ``source`` keeps the pixels that zoom-in views are cut from: the image itself, or a copy
+    downscaled to a longer side of ``ZOOM_SOURCE_MAX_SIDE`` (``source_scale`` source pixels per
+    image pixel) so that a cached 12 MP photo does not hold 36 MB.
+    """
 
     key: str
     box: geometry.Letterbox
     tensor: np.ndarray  # (1, 3, S, S) float32, exact zeros on padding
+    source: np.ndarray | None = None  # (h, w, 3) uint8 RGB
+    source_scale: float = 1.0
+
+    @property
+    def full_view(self) -> geometry.View:
+        return geometry.full_view(self.box.height, self.box.width, self.box.size)
 
 
 @dataclass
@@ -95,14 +124,15 @@ class Prediction:
     """The result of one model pass, in image space (``H x W``) with its model-space logits.
 
     ``mask``/``score``: the hypothesis to present; ``masks``/``scores``: all K of them.
-    ``low_res_logits``: ``(K, s, s)`` raw model output (``s = S / stride``), kept so that the
-    prediction can be fed back as the next pass's previous mask without any loss.
+    ``low_res_logits``: ``(K, s, s)`` raw model output (``s = S / stride``) for ``view`` (the
+    whole image, or the zoom-in window the pass saw), kept so that the prediction can be fed
+    back as the next pass's previous mask without loss. Outside the view the mask is empty.
     """
 
     low_res_logits: np.ndarray
     scores: np.ndarray
     index: int
-    letterbox: geometry.Letterbox
+    view: geometry.View
     stride: int
     clicks: tuple[geometry.Click, ...] = ()
     box: geometry.Box | None = None
@@ -110,34 +140,51 @@ class Prediction:
     mask: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.mask = geometry.logits_to_image(self.low_res_logits[self.index], self.letterbox, self.stride) > 0
+        self.mask = self.view.logits_to_image(self.low_res_logits[self.index], self.stride) > 0
 
     @property
     def score(self) -> float:
         return float(self.scores[self.index])
 
+    @property
+    def letterbox(self) -> geometry.Letterbox:
+        """How the view this pass saw sits in the model input."""
+        return self.view.letterbox
+
     @cached_property
     def masks(self) -> np.ndarray:
         """``(K, H, W)`` bool: every hypothesis in image space (computed on first use)."""
-        return geometry.logits_to_image(self.low_res_logits, self.letterbox, self.stride) > 0
+        return self.view.logits_to_image(self.low_res_logits, self.stride) > 0
 
     @property
     def image_size(self) -> tuple[int, int]:
         """``(height, width)`` of the image the prediction belongs to."""
-        return self.letterbox.height, self.letterbox.width
+        return self.view.image_height, self.view.image_width
 
-    def prev_mask_input(self) -> np.ndarray:
-        """``(1, S, S)`` float32 probability of the presented hypothesis, for the next pass."""
-        size = self.letterbox.size
-        logits = cv2.resize(self.low_res_logits[self.index].astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
-        prob = 1.0 / (1.0 + np.exp(-logits))
-        return geometry.zero_padding(prob[None], self.letterbox)
+    def prev_mask_input(self, view: geometry.View | None = None) -> np.ndarray:
+        """``(1, S, S)`` float32 probability of the presented hypothesis, as seen by ``view``.
+
+        ``view`` is the next pass's view (default: this prediction's own). For the same view the
+        low-resolution logits are upsampled directly; for another one they are warped into it
+        (:func:`geometry.logits_to_view`), never through a full-resolution image.
+        """
+        if view is None or view == self.view:
+            size = self.view.size
+            logits = cv2.resize(self.low_res_logits[self.index].astype(np.float32), (size, size),
+                                interpolation=cv2.INTER_LINEAR)
+            return geometry.zero_padding(_sigmoid(logits)[None], self.view.letterbox)
+        logits = geometry.logits_to_view(self.low_res_logits[self.index], self.view, view, self.stride)
+        return geometry.zero_padding(_sigmoid(logits)[None], view.letterbox)
 
     def low_res_mask(self) -> np.ndarray:
-        """``(h, w)`` bool presented mask on the model-output grid, padding cropped off."""
+        """``(h, w)`` bool presented mask on the model-output grid of its view, padding cropped off."""
         h = math.ceil(self.letterbox.resized_height / self.stride)
         w = math.ceil(self.letterbox.resized_width / self.stride)
         return self.low_res_logits[self.index, :h, :w] > 0
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
 
 
 class ImageCache:
@@ -190,10 +237,12 @@ class SqueezeSAM:
         cache_size: how many prepared images to keep (LRU); 0 disables the cache.
         backend: advanced: any callable with the contract's inputs and outputs, plus ``spec``
             (training uses this to validate a PyTorch network through exactly this code).
+        zoom_in: refine clicks on a zoomed-in window (:class:`ZoomIn`); None = always the whole image.
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, threads: int | None = None,
-                 cache_size: int = 16, backend: Backend | None = None, spec: ModelSpec | None = None):
+                 cache_size: int = 16, backend: Backend | None = None, spec: ModelSpec | None = None,
+                 zoom_in: ZoomIn | None = ZoomIn()):
         if backend is None:
             onnx_backend = OnnxBackend(model_path or default_model_path(), threads)
             backend, spec = onnx_backend, onnx_backend.spec
@@ -201,6 +250,7 @@ class SqueezeSAM:
             raise ValueError("a custom backend needs its ModelSpec")
         self.backend = backend
         self.spec = spec
+        self.zoom_in = zoom_in
         self.images = ImageCache(cache_size)
         self.history = ImageCache(4 * cache_size)  # prefix -> Prediction, for predict_history
 
@@ -224,7 +274,8 @@ class SqueezeSAM:
                 return cached
         canvas, box = geometry.letterbox_image(rgb, self.spec.input_size)
         tensor = geometry.zero_padding(geometry.normalize_image(canvas, self.spec.mean, self.spec.std), box)
-        prepared = PreparedImage(key, box, tensor[None])
+        source, source_scale = zoom_source(rgb) if self.zoom_in is not None else (None, 1.0)
+        prepared = PreparedImage(key, box, tensor[None], source, source_scale)
         self.images.put(key, prepared)
         return prepared
 
@@ -249,12 +300,27 @@ class SqueezeSAM:
                 f"prev belongs to a {prev.image_size[1]}x{prev.image_size[0]} image, not this "
                 f"{letterbox.width}x{letterbox.height} one"
             )
-        inputs = self._model_inputs(prepared, clean_clicks, clean_box, prev)
+        view = self.choose_view(prepared, clean_clicks, clean_box, prev)
+        inputs = self._model_inputs(prepared, view, clean_clicks, clean_box, prev)
         masks, iou = self.backend(inputs)
         scores = np.asarray(iou, dtype=np.float32).reshape(-1)
         index = choose_hypothesis(scores, len(clean_clicks), clean_box is not None)
-        return Prediction(np.asarray(masks[0], dtype=np.float32), scores, index, letterbox, self.spec.stride,
+        return Prediction(np.asarray(masks[0], dtype=np.float32), scores, index, view, self.spec.stride,
                           tuple(clean_clicks), clean_box, prepared.key)
+
+    def choose_view(self, prepared: PreparedImage, clicks: Sequence[geometry.Click], box: geometry.Box | None,
+                    prev: Prediction | None) -> geometry.View:
+        """The whole image, or the zoom-in window once there is a previous mask (:class:`ZoomIn`)."""
+        full = prepared.full_view
+        zoom = self.zoom_in
+        if zoom is None or prev is None or prepared.source is None or len(clicks) <= zoom.skip_clicks:
+            return full
+        window = geometry.zoom_window(prev.mask, clicks, box, zoom.expansion, zoom.min_side)
+        if window is None:
+            return full
+        view = geometry.View(full.image_height, full.image_width, full.size, *window)
+        gain = view.letterbox.scale / full.letterbox.scale
+        return view if gain >= zoom.min_gain else full
 
     def predict_history(self, image, clicks: Sequence[Sequence], box: Sequence[float] | None = None,
                         cache_key: str | None = None) -> Prediction:
@@ -283,16 +349,23 @@ class SqueezeSAM:
             self.history.put(_history_key(prepared.key, clean_clicks[:n], clean_box), prev)
         return prev
 
-    def _model_inputs(self, prepared: PreparedImage, clicks, box, prev) -> dict[str, np.ndarray]:
-        letterbox, size = prepared.box, self.spec.input_size
+    def _model_inputs(self, prepared: PreparedImage, view: geometry.View, clicks, box, prev) -> dict[str, np.ndarray]:
+        """The four contract inputs for one pass over ``view`` (clicks outside it are left out)."""
+        size = self.spec.input_size
+        if view.is_full:
+            image = prepared.tensor
+        else:
+            canvas = geometry.letterbox_window(prepared.source, prepared.source_scale, view)
+            image = geometry.zero_padding(geometry.normalize_image(canvas, self.spec.mean, self.spec.std), view.letterbox)[None]
+        seen = [c for c in clicks if view.contains(c[0], c[1])]
         model_clicks = []
-        if clicks:
-            points = letterbox.points_to_model(np.array([(c[0], c[1]) for c in clicks]))
-            model_clicks = [(p[0], p[1], c[2]) for p, c in zip(points, clicks)]
-        box_model = letterbox.box_to_model(box) if box is not None else None
-        prev_input = prev.prev_mask_input() if prev is not None else np.zeros((1, size, size), np.float32)
+        if seen:
+            points = view.points_to_model(np.array([(c[0], c[1]) for c in seen]))
+            model_clicks = [(p[0], p[1], c[2]) for p, c in zip(points, seen)]
+        box_model = view.box_to_model(box) if box is not None else None
+        prev_input = prev.prev_mask_input(view) if prev is not None else np.zeros((1, size, size), np.float32)
         return {
-            "image": prepared.tensor,
+            "image": image,
             "clicks": geometry.click_maps(model_clicks, size, self.spec.click_radius)[None],
             "prev_mask": prev_input[None],
             "box": geometry.box_map(box_model, size)[None],
@@ -356,6 +429,17 @@ def select_objects(candidates: list[Prediction], max_objects: int, min_score: fl
         if len(kept) >= max_objects:
             break
     return kept
+
+
+def zoom_source(rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """The pixels zoom-in views are cut from: ``rgb`` itself, or a copy whose longer side is
+    ``ZOOM_SOURCE_MAX_SIDE``; returns ``(source, source pixels per image pixel)``."""
+    longer = max(rgb.shape[:2])
+    if longer <= ZOOM_SOURCE_MAX_SIDE:
+        return rgb, 1.0
+    scale = ZOOM_SOURCE_MAX_SIDE / longer
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
 
 
 def _history_key(image_key: str, clicks, box) -> str:

@@ -1,5 +1,6 @@
 """The clicks-and-geometry module: letterbox maps, prompt maps, mapping back, the next-click rule."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -104,3 +105,59 @@ def test_mask_iou_and_box():
     assert geometry.mask_iou(a, b) == pytest.approx(4 / 28)
     assert geometry.mask_iou(a, a) == 1 and geometry.mask_iou(~a & a, ~a & a) == 1
     assert geometry.mask_box(a) == (2, 2, 5, 5) and geometry.mask_box(a & ~a) is None
+
+
+def test_zoom_window_grows_the_object_box_and_clips_to_the_image():
+    mask = np.zeros((400, 600), bool)
+    mask[100:200, 300:400] = True  # 100 x 100 object, centre (350, 150) in edge coordinates
+    assert geometry.zoom_window(mask, [], expansion=1.4, min_side=50) == (280, 80, 420, 220)
+    # min_side wins over a small object; a negative click does not widen the window
+    assert geometry.zoom_window(mask, [(10, 10, False)], expansion=1.4, min_side=200) == (250, 50, 450, 250)
+    # a positive click widens it; the window is clipped at the image border
+    left, top, right, bottom = geometry.zoom_window(mask, [(590, 150, True)], expansion=1.4, min_side=50)
+    assert right == 600 and left < 300 and (top, bottom) == (80, 220)
+    assert geometry.zoom_window(np.zeros((10, 10), bool), [(3, 3, False)]) is None
+    assert geometry.zoom_window(np.zeros((50, 50), bool), [], box=(10, 10, 19, 19), min_side=1) == (8, 8, 22, 22)
+
+
+def test_view_maps_points_into_its_window_and_masks_outside_it():
+    view = geometry.View(300, 500, 64, left=100, top=50, right=300, bottom=150)  # 200 x 100 window
+    assert not view.is_full and geometry.full_view(300, 500, 64).is_full
+    assert view.letterbox.scale == pytest.approx(64 / 200)
+    # the window's top-left pixel centre maps where the letterbox puts its top-left pixel centre
+    np.testing.assert_allclose(view.points_to_model([[100, 50]]), view.letterbox.points_to_model([[0, 0]]))
+    assert view.contains(100, 50) and view.contains(299, 149) and not view.contains(300, 100)
+    logits = np.full((32, 32), 5.0, np.float32)  # positive over the whole model output
+    image_logits = view.logits_to_image(logits, stride=2)
+    assert image_logits.shape == (300, 500)
+    assert (image_logits[50:150, 100:300] > 0).all() and (image_logits[:50] < 0).all() and (image_logits[:, 300:] < 0).all()
+    with pytest.raises(ValueError):
+        geometry.View(300, 500, 64, left=400, top=0, right=600, bottom=10)
+
+
+def test_letterbox_window_cuts_the_window_from_a_downscaled_source():
+    image = np.zeros((400, 800, 3), np.uint8)
+    image[100:200, 400:600] = 255  # the window's content is all white
+    view = geometry.View(400, 800, 64, left=400, top=100, right=600, bottom=200)
+    for source, scale in ((image, 1.0), (image[::2, ::2], 0.5)):
+        canvas = geometry.letterbox_window(source, scale, view)
+        box = view.letterbox
+        assert canvas.shape == (64, 64, 3)
+        assert canvas[: box.resized_height, : box.resized_width].min() == 255
+        assert canvas[box.resized_height :].max() == 0
+
+
+def test_logits_to_view_agrees_with_the_image_space_route():
+    """Warping output logits between views equals going through image space (up to resampling)."""
+    rng = np.random.default_rng(0)
+    small = cv2.GaussianBlur(rng.normal(0, 4, (32, 32)).astype(np.float32), (0, 0), 3)
+    full = geometry.full_view(300, 500, 64)
+    window = geometry.View(300, 500, 64, left=120, top=40, right=380, bottom=260)
+    for source, target in ((full, window), (window, full), (window, window)):
+        warped = geometry.logits_to_view(small, source, target, stride=2)
+        via_image = target.crop(source.logits_to_image(small, stride=2))
+        expected = geometry.probability_to_model((via_image > 0).astype(np.float32), target.letterbox)[0] > 0.5
+        agree = (warped > 0) == expected
+        box = target.letterbox
+        assert agree[: box.resized_height, : box.resized_width].mean() > 0.97
+        assert (warped[box.resized_height :] < 0).all() and (warped[:, box.resized_width :] < 0).all()

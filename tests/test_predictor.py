@@ -97,3 +97,44 @@ def test_missing_and_corrupt_model_files_name_the_file(tmp_path):
     future = build_fixture_model(tmp_path / "future.onnx", **{"sqsam.contract_version": "99"})
     with pytest.raises(ModelFileError, match="contract v99"):
         SqueezeSAM(future)
+
+
+def test_zoom_in_refines_on_a_window_around_the_object(fixture_model_path):
+    """From the second click on, the pass sees the zoom-in window: the echoed disks come back at
+    the clicks, drawn at the window's finer scale; a negative click outside the window is ignored."""
+    from sqsam_core.predictor import ZoomIn
+
+    image = np.zeros((400, 600, 3), np.uint8)
+    zoomed = SqueezeSAM(fixture_model_path, zoom_in=ZoomIn(min_side=100))
+    first = zoomed.predict(image, clicks=[(300, 200, True)])
+    assert first.view.is_full  # the first click always sees the whole image
+    clicks = [(300, 200, True), (330, 210, True), (20, 380, False)]
+    second = zoomed.predict(image, clicks=clicks, prev=first)
+    left, top, right, bottom = second.view.window
+    assert not second.view.is_full and left <= 300 and right > 330 and right - left < 600
+    assert second.mask.shape == (400, 600) and second.mask[200, 300] and second.mask[210, 330]
+    assert not second.mask[:top].any() and not second.mask[:, right:].any()
+    # the disk around the second click has the zoomed radius R / scale, not the full-image one
+    disk = second.mask.copy()
+    disk[:, :318] = False
+    radius = 3 / second.view.letterbox.scale
+    assert radius < 3 / first.view.letterbox.scale / 1.5
+    assert disk.sum() == pytest.approx(np.pi * radius**2, rel=0.4)
+    # the same request without zoom-in sees the whole image
+    plain = SqueezeSAM(fixture_model_path, zoom_in=None).predict(image, clicks=clicks, prev=first)
+    assert plain.view.is_full
+
+
+def test_prev_mask_moves_between_views(fixture_model_path):
+    """A full-image prediction fed back to a zoom-in pass lands where it was, in window pixels."""
+    from sqsam_core import geometry
+
+    model = SqueezeSAM(fixture_model_path)
+    image = np.zeros((400, 600, 3), np.uint8)
+    first = model.predict(image, clicks=[(300, 200, True)])
+    view = geometry.View(400, 600, 64, left=250, top=150, right=450, bottom=350)
+    prev = first.prev_mask_input(view)[0]
+    ys, xs = np.nonzero(prev > 0.5)
+    centre = view.points_to_model([[300, 200]])[0]
+    assert abs(xs.mean() - centre[0]) < 1.5 and abs(ys.mean() - centre[1]) < 1.5
+    np.testing.assert_allclose(first.prev_mask_input(first.view), first.prev_mask_input())

@@ -180,11 +180,12 @@ class SampleMaker:
 
     def __init__(self, sets: dict[str, list[Entry]], crop: int = 256, input_size: int = 320,
                  salient_share: float = 0.12, box_share: float = 0.15, paste_share: float = 0.15,
-                 merge_share: float = 0.15):
+                 merge_share: float = 0.15, zoom_share: float = 0.3):
         self.sets = {k: v for k, v in sets.items() if v}
         self.crop, self.input_size = crop, input_size
         self.salient_share, self.box_share = salient_share, box_share
         self.paste_share, self.merge_share = paste_share, merge_share
+        self.zoom_share = zoom_share
 
     def _entry(self, rng: np.random.Generator, names: tuple[str, ...] | None = None) -> Entry:
         names = tuple(n for n in (names or tuple(self.sets)) if n in self.sets)
@@ -218,12 +219,10 @@ class SampleMaker:
         image = entry.image
         if rng.random() < 0.5:
             image, target = image[:, ::-1], target[:, ::-1]
-        longer = self.input_size * rng.uniform(0.6, 1.4)
-        image, (target,) = resize_pair(np.ascontiguousarray(image), [np.ascontiguousarray(target)], longer)
-        top, left = self._window(target, rng)
-        image = crop_around(color_jitter(image, rng), top, left, self.crop)
-        valid = crop_around(np.ones(target.shape, bool), top, left, self.crop)
-        target = crop_around(target, top, left, self.crop)
+        if rng.random() < self.zoom_share:
+            image, valid, target = self._zoomed_view(np.ascontiguousarray(image), np.ascontiguousarray(target), rng)
+        else:
+            image, valid, target = self._scaled_window(np.ascontiguousarray(image), np.ascontiguousarray(target), rng)
         if rng.random() < self.paste_share:
             image = self._paste_on_other_background(image, valid, target, rng)
         if target.sum() < 30:  # the object left the window: draw again
@@ -231,6 +230,37 @@ class SampleMaker:
         if rng.random() < self.box_share:
             return Sample(image, valid, target, [], self._jittered_box(target, rng), "box")
         return Sample(image, valid, target, self._initial_clicks(target, valid, rng), None, "clicks")
+
+    def _scaled_window(self, image, target, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A ``crop`` window of the image at the scale of the full-image view (first click)."""
+        longer = self.input_size * rng.uniform(0.6, 1.4)
+        image, (target,) = resize_pair(image, [target], longer)
+        top, left = self._window(target, rng)
+        image = crop_around(color_jitter(image, rng), top, left, self.crop)
+        valid = crop_around(np.ones(target.shape, bool), top, left, self.crop)
+        return image, valid, crop_around(target, top, left, self.crop)
+
+    def _zoomed_view(self, image, target, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The zoom-in view serving uses after the first click (``geometry.zoom_window``).
+
+        The object's box, expanded by U(1.2, 2.0) around a jittered centre (the runtime's 1.4
+        around a predicted mask that is itself off), cropped out of the image and letterboxed
+        top-left with its longer side ``crop x U(0.8, 1.0)``.
+        """
+        x0, y0, x1, y1 = mask_box(target)
+        h, w = target.shape
+        side_w, side_h = (x1 - x0 + 1) * rng.uniform(1.2, 2.0), (y1 - y0 + 1) * rng.uniform(1.2, 2.0)
+        cx = (x0 + x1) / 2 + rng.normal(0, 0.08) * side_w
+        cy = (y0 + y1) / 2 + rng.normal(0, 0.08) * side_h
+        left, right = int(max(0, round(cx - side_w / 2))), int(min(w, round(cx + side_w / 2) + 1))
+        top, bottom = int(max(0, round(cy - side_h / 2))), int(min(h, round(cy + side_h / 2) + 1))
+        if right - left < 8 or bottom - top < 8:
+            return self._scaled_window(image, target, rng)
+        longer = self.crop * rng.uniform(0.8, 1.0)
+        view, (view_target,) = resize_pair(image[top:bottom, left:right], [target[top:bottom, left:right]], longer)
+        view = crop_around(color_jitter(view, rng), 0, 0, self.crop)
+        valid = crop_around(np.ones(view_target.shape, bool), 0, 0, self.crop)
+        return view, valid, crop_around(view_target, 0, 0, self.crop)
 
     def _window(self, target: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
         """Top-left of a crop window that contains a random object pixel."""

@@ -7,7 +7,7 @@ every RNG state), so re-running the same command continues exactly where it stop
 to ``RUN_DIR/log.jsonl`` and a progress bar.
 
 Per step (RITM-style iterative training): draw a batch of samples (data.SampleMaker), run the
-network 0-3 times without gradients adding a corrective click each time at the error region
+network 0-6 times without gradients adding a corrective click each time at the error region
 (``sqsam_core.geometry.next_click``, the evaluation rule) and feeding the previous probability
 back, then one forward/backward pass. Loss: BCE + Dice on the best of the K hypotheses for an
 ambiguous prompt (one click or none), on hypothesis 0 otherwise (``contract.choose_hypothesis``),
@@ -33,8 +33,8 @@ from sqsam_core.contract import DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAUL
 from sqsam_train.data import Sample, SampleMaker, load_training_data
 from sqsam_train.network import build_network
 
-ROUND_CHOICES = (0, 1, 2, 3)
-ROUND_PROBS = (0.3, 0.3, 0.2, 0.2)
+ROUND_CHOICES = (0, 1, 2, 3, 4, 6)
+ROUND_PROBS = (0.2, 0.2, 0.2, 0.15, 0.15, 0.1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

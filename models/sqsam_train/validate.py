@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from sqsam_core.evaluation import EvalObject, evaluate, format_report
-from sqsam_core.predictor import SqueezeSAM
+from sqsam_core.predictor import SqueezeSAM, ZoomIn
 from sqsam_train.data import load_training_data
 from sqsam_train.export import TorchBackend, load_checkpoint, spec_for
 
@@ -39,12 +39,14 @@ def main(argv=None) -> None:
     p.add_argument("--per-set", type=int, default=12)
     p.add_argument("--max-clicks", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-zoom", action="store_true", help="every click sees the whole image")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     objects = validation_objects(args.data, args.cache, args.per_set)
     for ckpt in args.checkpoints:
         net = load_checkpoint(ckpt)
-        model = SqueezeSAM(backend=TorchBackend(net), spec=spec_for(net, ckpt.stem))
+        model = SqueezeSAM(backend=TorchBackend(net), spec=spec_for(net, ckpt.stem),
+                           zoom_in=None if args.no_zoom else ZoomIn())
         report = evaluate(model, objects, max_clicks=args.max_clicks, progress=False)
         report["dataset"] = "train-validation"
         report["model_version"] = ckpt.name

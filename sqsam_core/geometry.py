@@ -98,12 +98,16 @@ def normalize_image(canvas: np.ndarray, mean: Sequence[float], std: Sequence[flo
     """``(S, S, 3)`` uint8 RGB canvas -> ``(3, S, S)`` float32, ``(v/255 - mean) / std``.
 
     Padding pixels (outside the letterboxed image) are set to 0 *after* normalisation, so the
-    network sees padding as exact zeros, as the contract says.
+    network sees padding as exact zeros, as the contract says. Computed plane by plane in place
+    (an order of magnitude faster than a broadcast over the transposed image).
     """
-    mean_arr = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-    std_arr = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-    chw = canvas.transpose(2, 0, 1).astype(np.float32) / 255.0
-    return (chw - mean_arr) / std_arr
+    out = np.empty((3, *canvas.shape[:2]), dtype=np.float32)
+    for channel in range(3):
+        plane = out[channel]
+        plane[...] = canvas[..., channel]
+        plane *= np.float32(1.0 / (255.0 * std[channel]))
+        plane -= np.float32(mean[channel] / std[channel])
+    return out
 
 
 def zero_padding(chw: np.ndarray, box: Letterbox) -> np.ndarray:

@@ -85,14 +85,26 @@ def export(net: SqueezeSAMNet, out: Path, spec: ModelSpec) -> float:
     return diff
 
 
+def save_weights_only(net: SqueezeSAMNet, path: Path) -> None:
+    """A float16 ``{"net": state_dict}`` file (half the size; ``train --init`` continues from it)."""
+    state = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"net": state}, path)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--version", default="squeezesam-v1", help="model_version written into the metadata")
+    p.add_argument("--version", default="squeezesam-v2", help="model_version written into the metadata")
     p.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE)
+    p.add_argument("--weights-out", type=Path, default=None,
+                   help="also write a float16 weights-only checkpoint here (to commit, for continued training)")
     args = p.parse_args(argv)
     net = load_checkpoint(args.checkpoint)
+    if args.weights_out:
+        save_weights_only(net, args.weights_out)
+        print(f"wrote {args.weights_out} ({args.weights_out.stat().st_size / 1e6:.1f} MB, float16)")
     diff = export(net, args.out, spec_for(net, args.version, args.input_size))
     size_mb = args.out.stat().st_size / 1e6
     params = sum(p.numel() for p in net.parameters()) / 1e6

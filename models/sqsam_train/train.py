@@ -46,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=256, help="training window side, model pixels")
     p.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE, help="S: the inference input side")
     p.add_argument("--click-radius", type=float, default=DEFAULT_CLICK_RADIUS)
+    p.add_argument("--salient-share", type=float, default=0.12, help="share of zero-prompt (salient object) samples")
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--backbone-lr-scale", type=float, default=0.3)
     p.add_argument("--warmup", type=int, default=200)
@@ -214,7 +215,8 @@ def main(argv=None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.run_dir.mkdir(parents=True, exist_ok=True)
     sets = load_training_data(args.data, cache=args.run_dir / "data-cache.pkl")
-    maker = SampleMaker({k: v[0] for k, v in sets.items()}, crop=args.crop, input_size=args.input_size)
+    maker = SampleMaker({k: v[0] for k, v in sets.items()}, crop=args.crop, input_size=args.input_size,
+                        salient_share=args.salient_share)
 
     net = build_network(pretrained=None if args.init else "imagenet").to(device)
     optimizer = make_optimizer(net, args)

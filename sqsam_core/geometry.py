@@ -87,11 +87,21 @@ def letterbox_image(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox
     """
     height, width = image.shape[:2]
     box = Letterbox(height, width, size)
-    interpolation = cv2.INTER_AREA if box.scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (box.resized_width, box.resized_height), interpolation=interpolation)
-    canvas = np.zeros((size, size, 3), dtype=np.uint8)
-    canvas[: box.resized_height, : box.resized_width] = resized
-    return canvas, box
+    return resize_top_left(image, box), box
+
+
+def resize_top_left(patch: np.ndarray, box: Letterbox) -> np.ndarray:
+    """``patch`` (``(h, w)`` or ``(h, w, C)``) resized to the letterbox's resized size and placed
+    at the top-left of a zero ``(S, S[, C])`` canvas of its dtype.
+
+    Downscaling uses area averaging (no aliasing), upscaling bilinear interpolation.
+    """
+    shrink = patch.shape[0] > box.resized_height or patch.shape[1] > box.resized_width
+    resized = cv2.resize(patch, (box.resized_width, box.resized_height),
+                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    canvas = np.zeros((box.size, box.size, *patch.shape[2:]), dtype=patch.dtype)
+    canvas[: box.resized_height, : box.resized_width] = resized.reshape(box.resized_height, box.resized_width, *patch.shape[2:])
+    return canvas
 
 
 def normalize_image(canvas: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -130,16 +140,12 @@ class View:
     image_height: int
     image_width: int
     size: int
-    left: int = 0
-    top: int = 0
-    right: int | None = None  # None = image_width
-    bottom: int | None = None  # None = image_height
+    left: int
+    top: int
+    right: int
+    bottom: int
 
     def __post_init__(self) -> None:
-        if self.right is None:
-            object.__setattr__(self, "right", self.image_width)
-        if self.bottom is None:
-            object.__setattr__(self, "bottom", self.image_height)
         if not (0 <= self.left < self.right <= self.image_width and 0 <= self.top < self.bottom <= self.image_height):
             raise ValueError(f"window {self.window} does not fit a {self.image_width}x{self.image_height} image")
 
@@ -213,7 +219,7 @@ def logits_to_view(logits: np.ndarray, source: View, target: View, stride: int, 
 
 def full_view(height: int, width: int, size: int) -> View:
     """The whole ``height x width`` image as one view."""
-    return View(height, width, size)
+    return View(height, width, size, 0, 0, width, height)
 
 
 def zoom_window(mask: np.ndarray, clicks: Sequence[Click], box: Box | None = None, expansion: float = 1.4,
@@ -255,19 +261,12 @@ def letterbox_window(source: np.ndarray, source_scale: float, view: View) -> np.
     ``source`` is the image, possibly downscaled by ``source_scale`` (source pixels per image
     pixel, <= 1) to bound memory; the window is cut from it and resized to the view's letterbox.
     """
-    box = view.letterbox
     src_h, src_w = source.shape[:2]
     left = min(src_w - 1, int(np.floor(view.left * source_scale)))
     top = min(src_h - 1, int(np.floor(view.top * source_scale)))
     right = max(left + 1, min(src_w, int(np.ceil(view.right * source_scale))))
     bottom = max(top + 1, min(src_h, int(np.ceil(view.bottom * source_scale))))
-    patch = source[top:bottom, left:right]
-    shrink = box.resized_width < patch.shape[1]
-    resized = cv2.resize(patch, (box.resized_width, box.resized_height),
-                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    canvas = np.zeros((view.size, view.size, 3), dtype=np.uint8)
-    canvas[: box.resized_height, : box.resized_width] = resized
-    return canvas
+    return resize_top_left(source[top:bottom, left:right], view.letterbox)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,11 +352,7 @@ def _resize_fractional(plane: np.ndarray, src_w: float, src_h: float, dst_w: int
 
 def probability_to_model(prob: np.ndarray, box: Letterbox) -> np.ndarray:
     """Image-space ``(H, W)`` probabilities in [0, 1] -> ``(1, S, S)`` float32 previous-mask input."""
-    out = np.zeros((1, box.size, box.size), dtype=np.float32)
-    interpolation = cv2.INTER_AREA if box.scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(prob.astype(np.float32), (box.resized_width, box.resized_height), interpolation=interpolation)
-    out[0, : box.resized_height, : box.resized_width] = resized
-    return out
+    return resize_top_left(prob.astype(np.float32), box)[None]
 
 
 # --------------------------------------------------------------------------------------------

@@ -96,3 +96,19 @@ def test_export_matches_torch_and_runs_in_the_runtime(net, tmp_path):
     b = torch_model.predict(image, clicks=[(30, 20, True)])
     np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, atol=1e-3)
     assert geometry.mask_iou(a.mask, b.mask) > 0.98
+
+
+def test_one_click_takes_the_best_hypothesis_but_zero_prompt_trains_hypothesis_zero():
+    size = 16
+    target = np.zeros((size, size), bool)
+    target[4:12, 4:12] = True
+    valid = np.ones((size, size), bool)
+    logits = torch.full((2, 3, size // 2, size // 2), -8.0)
+    logits[:, 1, 2:6, 2:6] = 8.0  # hypothesis 1 is the object, 0 and 2 are empty
+    iou = torch.full((2, 3), 0.5)
+    samples = [train.Sample(np.zeros((size, size, 3), np.uint8), valid, target, [(8.0, 8.0, True)], None, "clicks"),
+               train.Sample(np.zeros((size, size, 3), np.uint8), valid, target, [], None, "salient")]
+    clicks = [list(s.clicks) for s in samples]
+    _, one_click = train.total_loss(logits[:1], iou[:1], samples[:1], clicks[:1], size)
+    _, zero_prompt = train.total_loss(logits[1:], iou[1:], samples[1:], clicks[1:], size)
+    assert one_click["mask_loss"] < 0.1 < 1.0 < zero_prompt["mask_loss"]

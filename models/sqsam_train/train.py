@@ -7,10 +7,12 @@ every RNG state), so re-running the same command continues exactly where it stop
 to ``RUN_DIR/log.jsonl`` and a progress bar.
 
 Per step (RITM-style iterative training): draw a batch of samples (data.SampleMaker), run the
-network 0-6 times without gradients adding a corrective click each time at the error region
+network 0-9 times without gradients adding a corrective click each time at the error region
 (``sqsam_core.geometry.next_click``, the evaluation rule) and feeding the previous probability
-back, then one forward/backward pass. Loss: BCE + Dice on the best of the K hypotheses for an
-ambiguous prompt (one click or none), on hypothesis 0 otherwise (``contract.choose_hypothesis``),
+back (never for zero-prompt samples: the saliency pass has no previous mask at inference), then
+one forward/backward pass. Loss: BCE + Dice on the best of the K hypotheses for an ambiguous
+prompt (exactly one click, no box), on hypothesis 0 otherwise, the salient object of a zero-prompt
+sample included (``contract.choose_hypothesis``),
 plus MSE between the IoU head and each hypothesis's true IoU.
 """
 
@@ -33,8 +35,8 @@ from sqsam_core.contract import DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAUL
 from sqsam_train.data import Sample, SampleMaker, load_training_data
 from sqsam_train.network import build_network
 
-ROUND_CHOICES = (0, 1, 2, 3, 4, 6)
-ROUND_PROBS = (0.2, 0.2, 0.2, 0.15, 0.15, 0.1)
+ROUND_CHOICES = (0, 1, 2, 3, 4, 6, 9)
+ROUND_PROBS = (0.15, 0.2, 0.2, 0.15, 0.1, 0.1, 0.1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -131,7 +133,7 @@ def total_loss(logits, iou_pred, samples, clicks, size) -> tuple[torch.Tensor, d
     target = torch.from_numpy(np.stack([s.target for s in samples])[:, None].astype(np.float32))
     valid = torch.from_numpy(np.stack([s.valid for s in samples])[:, None].astype(np.float32))
     per_mask = mask_losses(full, target, valid)  # (B, K)
-    ambiguous = torch.tensor([len(c) <= 1 and s.box is None for c, s in zip(clicks, samples)])
+    ambiguous = torch.tensor([len(c) == 1 and s.box is None for c, s in zip(clicks, samples)])
     chosen = torch.where(ambiguous, per_mask.min(dim=1).values, per_mask[:, 0])
     iou_target = true_iou(full, target, valid)
     iou_loss = F.mse_loss(iou_pred, iou_target)
@@ -189,6 +191,7 @@ def train_step(net, optimizer, maker: SampleMaker, rng, args, device) -> dict[st
     prev = torch.zeros(len(samples), 1, size, size)
     image = image_tensor(samples).to(device)
     rounds = int(rng.choice(ROUND_CHOICES, p=ROUND_PROBS))
+    salient = torch.tensor([s.mode == "salient" for s in samples])
     if rounds:
         net.eval()
         with torch.no_grad():
@@ -197,6 +200,7 @@ def train_step(net, optimizer, maker: SampleMaker, rng, args, device) -> dict[st
                 logits, iou = net(image, click_maps.to(device), prev.to(device), box_maps.to(device))
                 prev = chosen_probability(logits.cpu(), iou.cpu(), clicks, samples, size)
                 add_corrective_clicks(prev, samples, clicks)
+                prev[salient] = 0  # the zero-prompt pass never has a previous mask at inference
         net.train()
     click_maps, box_maps = prompt_tensors(samples, clicks, size, args.click_radius)
     logits, iou = net(image, click_maps.to(device), prev.to(device), box_maps.to(device))

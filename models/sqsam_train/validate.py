@@ -4,7 +4,9 @@
 
 The network runs behind :class:`sqsam_core.SqueezeSAM` through a PyTorch backend, so the
 numbers come from exactly the pre/post-processing and click protocol that serving and
-``sqsam eval`` use. Checkpoints are picked on these numbers.
+``sqsam eval`` use. Checkpoints are picked on these numbers; ``salient_zero_click_iou`` (the
+first auto-mask object against every held-out ECSSD / Human object) stands in for the zero-click
+bar, whose eval sets are salient-object images too.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from sqsam_core import geometry
 from sqsam_core.evaluation import EvalObject, evaluate, format_report
 from sqsam_core.predictor import SqueezeSAM, ZoomIn
-from sqsam_train.data import load_training_data
+from sqsam_train.data import SALIENT_SETS, load_training_data
 from sqsam_train.export import TorchBackend, load_checkpoint, spec_for
 
 
@@ -29,6 +32,22 @@ def validation_objects(data_root: Path, cache: Path | None, per_set: int) -> lis
         for entry in val[:per_set]:
             objects.append(EvalObject(f"{entry.name}", entry.image, entry.masks[0], None))
     return objects
+
+
+def salient_objects(data_root: Path, cache: Path | None) -> list[EvalObject]:
+    """Every held-out object of the one-main-object sets (ECSSD, Human): the zero-click proxy."""
+    sets = load_training_data(data_root, cache=cache)
+    return [EvalObject(entry.name, entry.image, entry.masks[0], None)
+            for name in SALIENT_SETS for entry in sets[name][1]]
+
+
+def salient_zero_click_iou(model: SqueezeSAM, objects: list[EvalObject]) -> float:
+    """Mean IoU of the first :meth:`SqueezeSAM.automask` object with the salient object."""
+    ious = []
+    for obj in objects:
+        found = model.automask(obj.image)
+        ious.append(geometry.mask_iou(found[0].mask, obj.gt) if found else 0.0)
+    return float(sum(ious) / max(1, len(ious)))
 
 
 def main(argv=None) -> None:
@@ -43,6 +62,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     objects = validation_objects(args.data, args.cache, args.per_set)
+    salient = salient_objects(args.data, args.cache)
     for ckpt in args.checkpoints:
         net = load_checkpoint(ckpt)
         model = SqueezeSAM(backend=TorchBackend(net), spec=spec_for(net, ckpt.stem),
@@ -52,7 +72,8 @@ def main(argv=None) -> None:
         report["model_version"] = ckpt.name
         print(format_report(report))
         print(json.dumps({"checkpoint": str(ckpt), **{k: report[k] for k in ("NoC@85", "NoC@90", "zero_click_iou")},
-                          "mIoU@1": report["mIoU@k"][0]}), flush=True)
+                          "mIoU@1": report["mIoU@k"][0],
+                          "salient_zero_click_iou": salient_zero_click_iou(model, salient)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -87,10 +87,11 @@ class ModelSpec:
 def choose_hypothesis(scores: np.ndarray, num_clicks: int, has_box: bool) -> int:
     """Index of the mask hypothesis to present, given ``(K,)`` predicted IoUs.
 
-    A single click (or none) is ambiguous (part or whole?): take the best-scored hypothesis.
-    With two or more clicks or a box the prompt is specific: hypothesis 0 is trained for it
-    (as in SAM's multimask convention), which keeps refinement stable from click to click.
+    A single click is ambiguous (part or whole?): take the best-scored hypothesis. With no
+    prompt at all, hypothesis 0 is trained for the salient object; with two or more clicks or a
+    box the prompt is specific and hypothesis 0 is trained for it (as in SAM's multimask
+    convention), which keeps refinement stable from click to click.
     """
-    if num_clicks <= 1 and not has_box:
+    if num_clicks == 1 and not has_box:
         return int(np.argmax(scores))
     return 0

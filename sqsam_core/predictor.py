@@ -379,17 +379,17 @@ class SqueezeSAM:
                  min_area_fraction: float = 0.002, cache_key: str | None = None) -> list[Prediction]:
         """Salient objects, best first (the SqueezeSAM recipe).
 
-        1. a saliency pass: the model with no prompt; its K hypotheses give salient regions;
+        1. a saliency pass: the model with no prompt. Its presented hypothesis is trained for
+           the image's main object and leads the list; all K hypotheses give salient regions;
         2. each connected salient region gets a simulated click at its interior point (the point
-           farthest from its boundary) and a model pass of its own;
+           farthest from its boundary) and a model pass of its own; these follow, best-scored first;
         3. results are de-duplicated by mask IoU (``dedup_iou``), those scoring under
            ``min_score`` or covering less than ``min_area_fraction`` of the image are dropped.
         """
         prepared = self.prepare(image, cache_key)
         salient = self.predict(prepared)
-        candidates = [salient]
-        for click in self._region_clicks(salient, min_area_fraction):
-            candidates.append(self.predict(prepared, [click]))
+        clicked = [self.predict(prepared, [click]) for click in self._region_clicks(salient, min_area_fraction)]
+        candidates = [salient] + sorted(clicked, key=lambda p: -p.score)
         return select_objects(candidates, max_objects, min_score, dedup_iou, min_area_fraction)
 
     def _region_clicks(self, salient: Prediction, min_area_fraction: float, max_regions: int = 8) -> list[geometry.Click]:
@@ -413,10 +413,11 @@ class SqueezeSAM:
 
 def select_objects(candidates: list[Prediction], max_objects: int, min_score: float, dedup_iou: float,
                    min_area_fraction: float) -> list[Prediction]:
-    """Best-scored first, dropping low scores, tiny masks and near-duplicates (low-res mask IoU)."""
+    """``candidates`` in their order, dropping low scores, tiny masks and near-duplicates of an
+    earlier kept one (low-res mask IoU)."""
     kept: list[Prediction] = []
     kept_masks: list[np.ndarray] = []
-    for cand in sorted(candidates, key=lambda p: -p.score):
+    for cand in candidates:
         if cand.score < min_score:
             continue
         low = cand.low_res_mask()

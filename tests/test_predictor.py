@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from sqsam_core import SqueezeSAM
+from sqsam_core.contract import choose_hypothesis
 from sqsam_core.errors import InvalidPromptError, ModelFileError
 from tests.conftest import build_fixture_model
 
@@ -138,3 +139,35 @@ def test_prev_mask_moves_between_views(fixture_model_path):
     centre = view.points_to_model([[300, 200]])[0]
     assert abs(xs.mean() - centre[0]) < 1.5 and abs(ys.mean() - centre[1]) < 1.5
     np.testing.assert_allclose(first.prev_mask_input(first.view), first.prev_mask_input())
+
+
+def test_choose_hypothesis_argmax_only_for_a_single_click():
+    scores = np.array([0.2, 0.9, 0.5])
+    assert choose_hypothesis(scores, num_clicks=1, has_box=False) == 1  # ambiguous: best-scored
+    assert choose_hypothesis(scores, num_clicks=0, has_box=False) == 0  # no prompt: the salient object
+    assert choose_hypothesis(scores, num_clicks=2, has_box=False) == 0
+    assert choose_hypothesis(scores, num_clicks=1, has_box=True) == 0
+
+
+def test_automask_puts_the_saliency_pass_first_then_clicked_regions_by_score(model):
+    """A stub backend: the no-prompt pass sees a 40x40 square (score 0.6); a click pass returns a
+    disk around the click (score 0.95) that the saliency pass's own region click reproduces."""
+    size, stride = model.spec.input_size, model.spec.stride
+    low = size // stride
+    yy, xx = np.mgrid[0:low, 0:low]
+
+    def backend(inputs):
+        positive = inputs["clicks"][0, 0]
+        logits = np.full((1, 3, low, low), -10.0, np.float32)
+        if not positive.any():
+            logits[0, :, 2:low // 2, 2:low // 2] = 10.0
+            return logits, np.array([[0.6, 0.99, 0.99]], np.float32)
+        cy, cx = [v.mean() / stride for v in np.nonzero(positive > 0.5)]
+        logits[0, :, (yy - cy) ** 2 + (xx - cx) ** 2 <= 4] = 10.0
+        return logits, np.array([[0.95, 0.5, 0.5]], np.float32)
+
+    model.backend = backend
+    image = np.zeros((size, size, 3), np.uint8)
+    found = model.automask(image, max_objects=3)
+    assert found[0].clicks == () and found[0].index == 0 and found[0].score == pytest.approx(0.6)
+    assert len(found) == 2 and found[1].score == pytest.approx(0.95) and len(found[1].clicks) == 1

@@ -84,14 +84,21 @@ class ModelSpec:
         return spec
 
 
+def is_ambiguous_prompt(num_clicks: int, has_box: bool) -> bool:
+    """True for the one prompt that may mean a part or the whole: a single click, no box.
+
+    Training takes the best of the K hypotheses for it and hypothesis 0 for every other prompt;
+    :func:`choose_hypothesis` presents accordingly.
+    """
+    return num_clicks == 1 and not has_box
+
+
 def choose_hypothesis(scores: np.ndarray, num_clicks: int, has_box: bool) -> int:
     """Index of the mask hypothesis to present, given ``(K,)`` predicted IoUs.
 
-    A single click is ambiguous (part or whole?): take the best-scored hypothesis. With no
+    An ambiguous prompt (a single click: part or whole?) takes the best-scored hypothesis. With no
     prompt at all, hypothesis 0 is trained for the salient object; with two or more clicks or a
     box the prompt is specific and hypothesis 0 is trained for it (as in SAM's multimask
     convention), which keeps refinement stable from click to click.
     """
-    if num_clicks == 1 and not has_box:
-        return int(np.argmax(scores))
-    return 0
+    return int(np.argmax(scores)) if is_ambiguous_prompt(num_clicks, has_box) else 0

@@ -101,11 +101,17 @@ def evaluate_object(model, obj: EvalObject, max_clicks: int = 20, zero_click: bo
         times.append((time.perf_counter() - start) * 1000)
         pred_mask = prev.mask
         ious.append(geometry.mask_iou(pred_mask, obj.gt, obj.ignore))
-    zero = None
-    if zero_click:
-        objects = model.automask(prepared)
-        zero = geometry.mask_iou(objects[0].mask, obj.gt, obj.ignore) if objects else 0.0
+    zero = zero_click_iou(model, prepared, obj.gt, obj.ignore) if zero_click else None
     return ObjectResult(obj.name, ious, times, zero)
+
+
+def zero_click_iou(model, image, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
+    """IoU of the first :meth:`SqueezeSAM.automask` object with ``gt`` (``(H, W)`` bool); 0 if none.
+
+    ``image``: what ``automask`` takes (an RGB array, a path or a prepared image).
+    """
+    objects = model.automask(image)
+    return geometry.mask_iou(objects[0].mask, gt, ignore) if objects else 0.0
 
 
 def clicks_to_reach(ious: list[float], threshold: float, max_clicks: int) -> int:

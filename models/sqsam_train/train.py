@@ -11,8 +11,8 @@ network 0-9 times without gradients adding a corrective click each time at the e
 (``sqsam_core.geometry.next_click``, the evaluation rule) and feeding the previous probability
 back (never for zero-prompt samples: the saliency pass has no previous mask at inference), then
 one forward/backward pass. Loss: BCE + Dice on the best of the K hypotheses for an ambiguous
-prompt (exactly one click, no box), on hypothesis 0 otherwise, the salient object of a zero-prompt
-sample included (``contract.choose_hypothesis``),
+prompt (``contract.is_ambiguous_prompt``: exactly one click, no box), on hypothesis 0 otherwise,
+the salient object of a zero-prompt sample included (``contract.choose_hypothesis``),
 plus MSE between the IoU head and each hypothesis's true IoU.
 """
 
@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sqsam_core import geometry
-from sqsam_core.contract import DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN, DEFAULT_STD, choose_hypothesis
+from sqsam_core.contract import (DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN, DEFAULT_STD, choose_hypothesis,
+                                 is_ambiguous_prompt)
 from sqsam_train.data import Sample, SampleMaker, load_training_data
 from sqsam_train.network import build_network
 
@@ -133,7 +134,7 @@ def total_loss(logits, iou_pred, samples, clicks, size) -> tuple[torch.Tensor, d
     target = torch.from_numpy(np.stack([s.target for s in samples])[:, None].astype(np.float32))
     valid = torch.from_numpy(np.stack([s.valid for s in samples])[:, None].astype(np.float32))
     per_mask = mask_losses(full, target, valid)  # (B, K)
-    ambiguous = torch.tensor([len(c) == 1 and s.box is None for c, s in zip(clicks, samples)])
+    ambiguous = torch.tensor([is_ambiguous_prompt(len(c), s.box is not None) for c, s in zip(clicks, samples)])
     chosen = torch.where(ambiguous, per_mask.min(dim=1).values, per_mask[:, 0])
     iou_target = true_iou(full, target, valid)
     iou_loss = F.mse_loss(iou_pred, iou_target)

@@ -15,39 +15,31 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from sqsam_core import geometry
-from sqsam_core.evaluation import EvalObject, evaluate, format_report
+from sqsam_core.evaluation import EvalObject, evaluate, format_report, zero_click_iou
 from sqsam_core.predictor import SqueezeSAM, ZoomIn
 from sqsam_train.data import SALIENT_SETS, load_training_data
 from sqsam_train.export import TorchBackend, load_checkpoint, spec_for
 
 
-def validation_objects(data_root: Path, cache: Path | None, per_set: int) -> list[EvalObject]:
-    """Up to ``per_set`` held-out objects of each training set (cached, downscaled images)."""
-    sets = load_training_data(data_root, cache=cache)
-    objects = []
-    for name, (_train, val) in sets.items():
-        for entry in val[:per_set]:
-            objects.append(EvalObject(f"{entry.name}", entry.image, entry.masks[0], None))
-    return objects
+def validation_objects(sets: dict, per_set: int) -> list[EvalObject]:
+    """Up to ``per_set`` held-out objects of each training set (``load_training_data``'s sets)."""
+    return [EvalObject(entry.name, entry.image, entry.masks[0], None)
+            for _train, val in sets.values() for entry in val[:per_set]]
 
 
-def salient_objects(data_root: Path, cache: Path | None) -> list[EvalObject]:
+def salient_objects(sets: dict) -> list[EvalObject]:
     """Every held-out object of the one-main-object sets (ECSSD, Human): the zero-click proxy."""
-    sets = load_training_data(data_root, cache=cache)
     return [EvalObject(entry.name, entry.image, entry.masks[0], None)
             for name in SALIENT_SETS for entry in sets[name][1]]
 
 
 def salient_zero_click_iou(model: SqueezeSAM, objects: list[EvalObject]) -> float:
-    """Mean IoU of the first :meth:`SqueezeSAM.automask` object with the salient object."""
-    ious = []
-    for obj in objects:
-        found = model.automask(obj.image)
-        ious.append(geometry.mask_iou(found[0].mask, obj.gt) if found else 0.0)
-    return float(sum(ious) / max(1, len(ious)))
+    """Mean zero-click IoU (the first auto-mask object) over ``objects``."""
+    ious = [zero_click_iou(model, obj.image, obj.gt) for obj in objects]
+    return float(np.mean(ious)) if ious else 0.0
 
 
 def main(argv=None) -> None:
@@ -61,8 +53,9 @@ def main(argv=None) -> None:
     p.add_argument("--no-zoom", action="store_true", help="every click sees the whole image")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    objects = validation_objects(args.data, args.cache, args.per_set)
-    salient = salient_objects(args.data, args.cache)
+    sets = load_training_data(args.data, cache=args.cache)
+    objects = validation_objects(sets, args.per_set)
+    salient = salient_objects(sets)
     for ckpt in args.checkpoints:
         net = load_checkpoint(ckpt)
         model = SqueezeSAM(backend=TorchBackend(net), spec=spec_for(net, ckpt.stem),

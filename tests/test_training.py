@@ -112,3 +112,24 @@ def test_one_click_takes_the_best_hypothesis_but_zero_prompt_trains_hypothesis_z
     _, one_click = train.total_loss(logits[:1], iou[:1], samples[:1], clicks[:1], size)
     _, zero_prompt = train.total_loss(logits[1:], iou[1:], samples[1:], clicks[1:], size)
     assert one_click["mask_loss"] < 0.1 < 1.0 < zero_prompt["mask_loss"]
+
+
+def test_damaged_previous_mask_comes_with_the_click_that_repairs_it():
+    size = 64
+    target = np.zeros((size, size), bool)
+    target[16:48, 12:52] = True
+    valid = np.ones((size, size), bool)
+    samples = [Sample(np.zeros((size, size, 3), np.uint8), valid, target, [(30.0, 30.0, True)], None, "clicks")
+               for _ in range(12)]
+    samples.append(Sample(np.zeros((size, size, 3), np.uint8), valid, target, [], None, "salient"))
+    clicks = [list(s.clicks) for s in samples]
+    prev = torch.from_numpy(np.tile(target.astype(np.float32), (len(samples), 1, 1, 1)))
+    train.damage_previous_masks(prev, samples, clicks, share=1.0, rng=np.random.default_rng(3))
+    assert prev[-1, 0].equal(torch.from_numpy(target.astype(np.float32))) and clicks[-1] == []  # zero-prompt untouched
+    for i in range(12):
+        damaged = prev[i, 0].numpy() > 0.5
+        assert (damaged != target).sum() >= 30  # a large error, not a few pixels
+        assert len(clicks[i]) == 2
+        x, y, positive = clicks[i][-1]
+        assert damaged[int(y), int(x)] != target[int(y), int(x)]  # the new click lies on the damage
+        assert positive == target[int(y), int(x)]

@@ -9,8 +9,9 @@ to ``RUN_DIR/log.jsonl`` and a progress bar.
 Per step (RITM-style iterative training): draw a batch of samples (data.SampleMaker), run the
 network 0-16 times without gradients adding a corrective click each time at the error region
 (``sqsam_core.geometry.next_click``, the evaluation rule) and feeding the previous probability
-back (never for zero-prompt samples: the saliency pass has no previous mask at inference), then
-one forward/backward pass. Loss: BCE + Dice on the best of the K hypotheses for an ambiguous
+back (never for zero-prompt samples: the saliency pass has no previous mask at inference);
+with ``--corrupt-share`` some previous masks are then damaged and given the click that repairs
+them (:func:`damage_previous_masks`); then one forward/backward pass. Loss: BCE + Dice on the best of the K hypotheses for an ambiguous
 prompt (``contract.is_ambiguous_prompt``: exactly one click, no box), on hypothesis 0 otherwise,
 the salient object of a zero-prompt sample included (``contract.choose_hypothesis``),
 plus MSE between the IoU head and each hypothesis's true IoU.
@@ -25,6 +26,7 @@ import random
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE, help="S: the inference input side")
     p.add_argument("--click-radius", type=float, default=DEFAULT_CLICK_RADIUS)
     p.add_argument("--salient-share", type=float, default=0.12, help="share of zero-prompt (salient object) samples")
+    p.add_argument("--corrupt-share", type=float, default=0.0,
+                   help="share of samples with a previous mask whose mask is damaged before the last click (v5)")
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--backbone-lr-scale", type=float, default=0.3)
     p.add_argument("--warmup", type=int, default=200)
@@ -104,6 +108,46 @@ def add_corrective_clicks(prob: torch.Tensor, samples: list[Sample], clicks: lis
         click = geometry.next_click(prob[i, 0].numpy() > 0.5, s.target, ignore=~s.valid)
         if click is not None:
             clicks[i].append((float(click[0]), float(click[1]), bool(click[2])))
+
+
+def damaged_mask(mask: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``mask`` ((H, W) bool) with one large error of the kind a corrective click must fix at once.
+
+    One of: eroded or dilated by 3-15 px (a boundary off everywhere), or a disk of 15-40 % of the
+    object's size flipped around a random object or background pixel near the object (a missing
+    part or a spill into clutter).
+    """
+    kind = rng.integers(3)
+    if kind < 2:
+        k = int(rng.integers(3, 16)) * 2 + 1
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        op = cv2.erode if kind == 0 else cv2.dilate
+        return op(mask.astype(np.uint8), kernel).astype(bool)
+    x0, y0, x1, y1 = geometry.mask_box(target)
+    radius = max(4.0, rng.uniform(0.15, 0.4) * max(x1 - x0, y1 - y0))
+    near = cv2.dilate(target.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+    ys, xs = np.nonzero(near)
+    pick = rng.integers(len(xs))
+    yy, xx = np.ogrid[: mask.shape[0], : mask.shape[1]]
+    disk = (xx - xs[pick]) ** 2 + (yy - ys[pick]) ** 2 <= radius**2
+    inside_object = bool(target[ys[pick], xs[pick]])
+    return np.where(disk, not inside_object, mask)  # drop a part of the object, or spill past it
+
+
+def damage_previous_masks(prev: torch.Tensor, samples: list[Sample], clicks: list[list], share: float,
+                          rng: np.random.Generator) -> None:
+    """Replace ``share`` of the previous masks ((B, 1, H, W) probabilities, in place) by a damaged
+    copy (:func:`damaged_mask`) and add the corrective click that damage calls for, so the network
+    learns that a click overrules a wrong previous mask over the whole erroneous region."""
+    for i, s in enumerate(samples):
+        if s.mode == "salient" or rng.random() >= share:
+            continue
+        damaged = damaged_mask(prev[i, 0].numpy() > 0.5, s.target, rng) & s.valid
+        click = geometry.next_click(damaged, s.target, ignore=~s.valid)
+        if click is None:
+            continue
+        prev[i, 0] = torch.from_numpy(damaged.astype(np.float32))
+        clicks[i].append((float(click[0]), float(click[1]), bool(click[2])))
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,6 +249,7 @@ def train_step(net, optimizer, maker: SampleMaker, rng, args, device) -> dict[st
                 add_corrective_clicks(prev, samples, clicks)
                 prev[salient] = 0  # the zero-prompt pass never has a previous mask at inference
         net.train()
+        damage_previous_masks(prev, samples, clicks, args.corrupt_share, rng)  # only where a previous mask exists
     click_maps, box_maps = prompt_tensors(samples, clicks, size, args.click_radius)
     logits, iou = net(image, click_maps.to(device), prev.to(device), box_maps.to(device))
     loss, metrics = total_loss(logits.cpu(), iou.cpu(), samples, clicks, size)

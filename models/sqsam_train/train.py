@@ -11,8 +11,8 @@ network 0-16 times without gradients adding a corrective click each time at the 
 (``sqsam_core.geometry.next_click``, the evaluation rule) and feeding the previous probability
 back (never for zero-prompt samples: the saliency pass has no previous mask at inference);
 with ``--corrupt-share`` some previous masks are then damaged and given the click that repairs
-them (:func:`damage_previous_masks`); then one forward/backward pass. Loss: BCE + Dice on the best of the K hypotheses for an ambiguous
-prompt (``contract.is_ambiguous_prompt``: exactly one click, no box), on hypothesis 0 otherwise,
+them (:func:`damage_previous_masks`); then one forward/backward pass. Loss: BCE + Dice on the
+best of the K hypotheses for an ambiguous prompt (``contract.is_ambiguous_prompt``: exactly one click, no box), on hypothesis 0 otherwise,
 the salient object of a zero-prompt sample included (``contract.choose_hypothesis``),
 plus MSE between the IoU head and each hypothesis's true IoU.
 """
@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--click-radius", type=float, default=DEFAULT_CLICK_RADIUS)
     p.add_argument("--salient-share", type=float, default=0.12, help="share of zero-prompt (salient object) samples")
     p.add_argument("--corrupt-share", type=float, default=0.0,
-                   help="share of samples with a previous mask whose mask is damaged before the last click (v5)")
+                   help="share of samples with a previous mask whose mask is damaged before the last click")
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--backbone-lr-scale", type=float, default=0.3)
     p.add_argument("--warmup", type=int, default=200)
@@ -103,11 +103,17 @@ def chosen_probability(logits: torch.Tensor, iou: torch.Tensor, clicks: list[lis
 def add_corrective_clicks(prob: torch.Tensor, samples: list[Sample], clicks: list[list]) -> None:
     """Append the RITM next click (evaluation rule) for every sample whose prediction has errors."""
     for i, s in enumerate(samples):
-        if s.mode == "salient":
-            continue
-        click = geometry.next_click(prob[i, 0].numpy() > 0.5, s.target, ignore=~s.valid)
-        if click is not None:
-            clicks[i].append((float(click[0]), float(click[1]), bool(click[2])))
+        if s.mode != "salient":
+            append_next_click(clicks[i], prob[i, 0].numpy() > 0.5, s)
+
+
+def append_next_click(clicks: list, pred: np.ndarray, sample: Sample) -> bool:
+    """Append to ``clicks`` the RITM next click for ``pred`` ((H, W) bool); False if ``pred`` has no error."""
+    click = geometry.next_click(pred, sample.target, ignore=~sample.valid)
+    if click is None:
+        return False
+    clicks.append((float(click[0]), float(click[1]), bool(click[2])))
+    return True
 
 
 def damaged_mask(mask: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -139,15 +145,14 @@ def damage_previous_masks(prev: torch.Tensor, samples: list[Sample], clicks: lis
     """Replace ``share`` of the previous masks ((B, 1, H, W) probabilities, in place) by a damaged
     copy (:func:`damaged_mask`) and add the corrective click that damage calls for, so the network
     learns that a click overrules a wrong previous mask over the whole erroneous region."""
+    if share <= 0:  # draws nothing, so runs without damage keep their random stream
+        return
     for i, s in enumerate(samples):
         if s.mode == "salient" or rng.random() >= share:
             continue
         damaged = damaged_mask(prev[i, 0].numpy() > 0.5, s.target, rng) & s.valid
-        click = geometry.next_click(damaged, s.target, ignore=~s.valid)
-        if click is None:
-            continue
-        prev[i, 0] = torch.from_numpy(damaged.astype(np.float32))
-        clicks[i].append((float(click[0]), float(click[1]), bool(click[2])))
+        if append_next_click(clicks[i], damaged, s):
+            prev[i, 0] = torch.from_numpy(damaged.astype(np.float32))
 
 
 # --------------------------------------------------------------------------------------------

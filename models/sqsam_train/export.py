@@ -44,7 +44,7 @@ def load_checkpoint(path: Path) -> SqueezeSAMNet:
     """A trained network from a ``.ckpt`` or weights-only ``.pt``, with or without a refinement stage."""
     state = torch.load(path, map_location="cpu", weights_only=False)["net"]
     net = build_network(pretrained=None, refine=has_refine_stage(state))
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    net.load_state_dict(state)  # float16 weights-only files are cast on copy
     return net.eval()
 
 

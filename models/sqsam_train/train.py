@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="share of samples with a previous mask whose mask is damaged before the last click")
     p.add_argument("--boundary-weight", type=float, default=0.0,
                    help="extra BCE weight on pixels within BOUNDARY_BAND px of the target's boundary (0: plain BCE)")
+    p.add_argument("--refine", action="store_true",
+                   help="add the stride-1 refinement stage (network.RefineStage; an --init without it starts it as the identity)")
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--backbone-lr-scale", type=float, default=0.3)
     p.add_argument("--warmup", type=int, default=200)
@@ -294,7 +296,7 @@ def main(argv=None) -> None:
     maker = SampleMaker({k: v[0] for k, v in sets.items()}, crop=args.crop, input_size=args.input_size,
                         salient_share=args.salient_share)
 
-    net = build_network(pretrained=None if args.init else "imagenet").to(device)
+    net = build_network(pretrained=None if args.init else "imagenet", refine=args.refine).to(device)
     optimizer = make_optimizer(net, args)
     rng = np.random.default_rng(args.seed)
     random.seed(args.seed)

@@ -81,6 +81,7 @@ def test_samples_follow_the_documented_layout():
         modes.add(s.mode)
         assert s.image.shape == (64, 64, 3) and s.valid.shape == s.target.shape == (64, 64)
         assert s.target.any() and not (s.target & ~s.valid).any()
+        assert s.source.startswith("synthetic/")  # the Entry it came from (train.loss_valid reads its set)
         for x, y, positive in s.clicks:
             assert 0 <= x < 64 and 0 <= y < 64
             assert s.target[int(y), int(x)] == positive
@@ -152,6 +153,23 @@ def test_boundary_weight_makes_errors_at_the_edge_cost_more_than_errors_inside()
     assert weighted[0] > 1.5 * weighted[1]
 
 
+def test_coarse_band_ignores_edge_errors_only_on_sets_with_coarse_masks():
+    size = 32
+    target = torch.zeros(2, 1, size, size)
+    target[..., 8:24, 8:24] = 1
+    valid = torch.ones_like(target)
+    samples = [Sample(np.zeros((size, size, 3), np.uint8), valid[i, 0].bool().numpy(), target[i, 0].bool().numpy(),
+                      [(16.0, 16.0, True)], None, "clicks", name) for i, name in enumerate(("COCO128/a", "ECSSD/b"))]
+    logits = target * 16 - 8  # confident and right everywhere ...
+    logits[..., 8:24, 8] = -8  # ... except one column of object pixels on the boundary
+    counted = train.loss_valid(samples, valid, target, coarse_band=2)
+    assert counted[0, 0, 16, 8] == 0 and counted[0, 0, 16, 16] == 1 and counted[0, 0, 0, 0] == 1
+    assert torch.equal(counted[1], valid[1])  # ECSSD keeps every pixel
+    losses = train.mask_losses(logits, target, counted)[:, 0]
+    assert losses[0] < 0.01 < losses[1]
+    assert torch.equal(train.loss_valid(samples, valid, target, coarse_band=0), valid)
+
+
 def test_damaged_previous_mask_comes_with_the_click_that_repairs_it():
     size = 64
     target = np.zeros((size, size), bool)
@@ -171,3 +189,14 @@ def test_damaged_previous_mask_comes_with_the_click_that_repairs_it():
         x, y, positive = clicks[i][-1]
         assert damaged[int(y), int(x)] != target[int(y), int(x)]  # the new click lies on the damage
         assert positive == target[int(y), int(x)]
+
+
+def test_validation_reports_noc90_per_training_set():
+    from sqsam_train.validate import noc90_by_set
+
+    report = {"max_clicks": 5, "per_object": [
+        {"name": "ECSSD/a", "ious": [0.95, 0.96, 0.97, 0.97, 0.98]},  # 1 click
+        {"name": "ECSSD/b", "ious": [0.5, 0.8, 0.91, 0.92, 0.93]},  # 3 clicks
+        {"name": "COCO128/c", "ious": [0.5, 0.6, 0.7, 0.8, 0.85]},  # never: max_clicks
+    ]}
+    assert noc90_by_set(report) == {"COCO128": 5.0, "ECSSD": 2.0}

@@ -173,6 +173,7 @@ class Sample:
     clicks: list[tuple[float, float, bool]]
     box: tuple[float, float, float, float] | None
     mode: str
+    source: str = ""  # Entry.name, "<set>/<stem>"
 
 
 class SampleMaker:
@@ -208,7 +209,8 @@ class SampleMaker:
         image, masks = resize_pair(np.ascontiguousarray(image), masks, self.crop * rng.uniform(0.8, 1.0))
         image = color_jitter(image, rng)
         valid = crop_around(np.ones(image.shape[:2], bool), 0, 0, self.crop)
-        return Sample(crop_around(image, 0, 0, self.crop), valid, crop_around(masks[0], 0, 0, self.crop), [], None, "salient")
+        return Sample(crop_around(image, 0, 0, self.crop), valid, crop_around(masks[0], 0, 0, self.crop), [], None, "salient",
+                      entry.name)
 
     def _prompted(self, rng: np.random.Generator) -> Sample:
         entry = self._entry(rng)
@@ -228,8 +230,8 @@ class SampleMaker:
         if target.sum() < 30:  # the object left the window: draw again
             return self._prompted(rng)
         if rng.random() < self.box_share:
-            return Sample(image, valid, target, [], self._jittered_box(target, rng), "box")
-        return Sample(image, valid, target, self._initial_clicks(target, valid, rng), None, "clicks")
+            return Sample(image, valid, target, [], self._jittered_box(target, rng), "box", entry.name)
+        return Sample(image, valid, target, self._initial_clicks(target, valid, rng), None, "clicks", entry.name)
 
     def _scaled_window(self, image, target, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A ``crop`` window of the image at the scale of the full-image view (first click)."""

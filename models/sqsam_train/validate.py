@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sqsam_core.evaluation import EvalObject, evaluate, format_report, zero_click_iou
+from sqsam_core.contract import DEFAULT_INPUT_SIZE
+from sqsam_core.evaluation import EvalObject, clicks_to_reach, evaluate, format_report, zero_click_iou
 from sqsam_core.predictor import SqueezeSAM, ZoomIn
 from sqsam_train.data import SALIENT_SETS, load_training_data
 from sqsam_train.export import TorchBackend, load_checkpoint, spec_for
@@ -42,6 +43,14 @@ def salient_zero_click_iou(model: SqueezeSAM, objects: list[EvalObject]) -> floa
     return float(np.mean(ious)) if ious else 0.0
 
 
+def noc90_by_set(report: dict) -> dict[str, float]:
+    """NoC@90 of each training set's held-out objects (names are ``<set>/<stem>``)."""
+    by_set: dict[str, list[int]] = {}
+    for obj in report["per_object"]:
+        by_set.setdefault(obj["name"].split("/")[0], []).append(clicks_to_reach(obj["ious"], 0.9, report["max_clicks"]))
+    return {name: round(float(np.mean(nocs)), 2) for name, nocs in sorted(by_set.items())}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", type=Path, nargs="+")
@@ -51,6 +60,10 @@ def main(argv=None) -> None:
     p.add_argument("--max-clicks", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-zoom", action="store_true", help="every click sees the whole image")
+    p.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE,
+                   help="S the network sees (it is fully convolutional; serving reads S from the ONNX file)")
+    p.add_argument("--zoom-expansion", type=float, default=ZoomIn.expansion, help="ZoomIn.expansion")
+    p.add_argument("--zoom-min-side", type=float, default=ZoomIn.min_side, help="ZoomIn.min_side, image pixels")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sets = load_training_data(args.data, cache=args.cache)
@@ -58,14 +71,17 @@ def main(argv=None) -> None:
     salient = salient_objects(sets)
     for ckpt in args.checkpoints:
         net = load_checkpoint(ckpt)
-        model = SqueezeSAM(backend=TorchBackend(net), spec=spec_for(net, ckpt.stem),
-                           zoom_in=None if args.no_zoom else ZoomIn())
+        zoom = ZoomIn(expansion=args.zoom_expansion, min_side=args.zoom_min_side)
+        model = SqueezeSAM(backend=TorchBackend(net), spec=spec_for(net, ckpt.stem, args.input_size),
+                           zoom_in=None if args.no_zoom else zoom)
         report = evaluate(model, objects, max_clicks=args.max_clicks, progress=False)
         report["dataset"] = "train-validation"
         report["model_version"] = ckpt.name
         print(format_report(report))
-        print(json.dumps({"checkpoint": str(ckpt), **{k: report[k] for k in ("NoC@85", "NoC@90", "zero_click_iou")},
-                          "mIoU@1": report["mIoU@k"][0],
+        print(json.dumps({"checkpoint": str(ckpt), "input_size": args.input_size,
+                          "zoom": None if args.no_zoom else [zoom.expansion, zoom.min_side],
+                          **{k: report[k] for k in ("NoC@85", "NoC@90", "zero_click_iou")},
+                          "mIoU@1": report["mIoU@k"][0], "NoC@90_by_set": noc90_by_set(report),
                           "salient_zero_click_iou": salient_zero_click_iou(model, salient)}), flush=True)
 
 

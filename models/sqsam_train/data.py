@@ -44,6 +44,11 @@ class Entry:
     masks: list[np.ndarray] = field(default_factory=list)  # each (H, W) bool
 
 
+def set_name(entry_name: str) -> str:
+    """The training set an Entry came from: ``"COCO128/000000000009"`` -> ``"COCO128"``."""
+    return entry_name.split("/", 1)[0]
+
+
 def is_validation(stem: str, fraction: float = 0.05) -> bool:
     """Deterministic held-out split of train/: the same stems are held out on every machine."""
     digest = hashlib.sha1(stem.encode()).digest()

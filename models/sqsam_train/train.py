@@ -36,7 +36,7 @@ from tqdm import tqdm
 from sqsam_core import geometry
 from sqsam_core.contract import (DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN, DEFAULT_STD, choose_hypothesis,
                                  is_ambiguous_prompt)
-from sqsam_train.data import Sample, SampleMaker, load_training_data
+from sqsam_train.data import Sample, SampleMaker, load_training_data, set_name
 from sqsam_train.network import build_network
 
 # Corrective rounds before the gradient pass. v4 adds 12 and 16 so the network also sees the
@@ -187,7 +187,7 @@ def loss_valid(samples: list[Sample], valid: torch.Tensor, target: torch.Tensor,
     of samples from COARSE_MASK_SETS (``coarse_band`` 0: ``valid`` unchanged)."""
     if not coarse_band:
         return valid
-    coarse = torch.tensor([s.source.split("/")[0] in COARSE_MASK_SETS for s in samples], dtype=valid.dtype)
+    coarse = torch.tensor([set_name(s.source) in COARSE_MASK_SETS for s in samples], dtype=valid.dtype)
     return valid * (1 - coarse[:, None, None, None] * boundary_band(target, coarse_band))
 
 

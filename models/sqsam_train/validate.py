@@ -21,7 +21,7 @@ import torch
 from sqsam_core.contract import DEFAULT_INPUT_SIZE
 from sqsam_core.evaluation import EvalObject, clicks_to_reach, evaluate, format_report, zero_click_iou
 from sqsam_core.predictor import SqueezeSAM, ZoomIn
-from sqsam_train.data import SALIENT_SETS, load_training_data
+from sqsam_train.data import SALIENT_SETS, load_training_data, set_name
 from sqsam_train.export import TorchBackend, load_checkpoint, spec_for
 
 
@@ -47,7 +47,7 @@ def noc90_by_set(report: dict) -> dict[str, float]:
     """NoC@90 of each training set's held-out objects (names are ``<set>/<stem>``)."""
     by_set: dict[str, list[int]] = {}
     for obj in report["per_object"]:
-        by_set.setdefault(obj["name"].split("/")[0], []).append(clicks_to_reach(obj["ious"], 0.9, report["max_clicks"]))
+        by_set.setdefault(set_name(obj["name"]), []).append(clicks_to_reach(obj["ious"], 0.9, report["max_clicks"]))
     return {name: round(float(np.mean(nocs)), 2) for name, nocs in sorted(by_set.items())}
 
 

@@ -116,9 +116,12 @@ def _probability(text: str) -> float:
 
 
 def _load_model(args):
+    from sqsam_core.edges import EdgeRefine
     from sqsam_core.predictor import SqueezeSAM, ZoomIn
 
-    return SqueezeSAM(args.model, threads=args.threads, zoom_in=None if getattr(args, "no_zoom", False) else ZoomIn())
+    return SqueezeSAM(args.model, threads=args.threads,
+                      zoom_in=None if getattr(args, "no_zoom", False) else ZoomIn(),
+                      edge_refine=None if getattr(args, "no_edge_refine", False) else EdgeRefine())
 
 
 def _save_png(array, path: str | os.PathLike) -> None:
@@ -412,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-zoom", action="store_true",
                    help="every click sees the whole image (default: zoom-in from the second click)")
+    p.add_argument("--no-edge-refine", action="store_true",
+                   help="masks as the network upsamples them (default: uncertain boundary snapped to image edges)")
     _add_model_options(p)
     p.set_defaults(func=cmd_eval)
 

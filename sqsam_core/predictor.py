@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
-from sqsam_core import geometry
+from sqsam_core import edges, geometry
 from sqsam_core.contract import ModelSpec, choose_hypothesis
 from sqsam_core.errors import InvalidPromptError, ModelFileError
 from sqsam_core.imageio import to_rgb_array
@@ -124,6 +124,7 @@ class Prediction:
     """The result of one model pass, in image space (``H x W``) with its model-space logits.
 
     ``mask``/``score``: the hypothesis to present; ``masks``/``scores``: all K of them.
+    ``mask`` may be given (the edge-refined one); by default it is the presented logits > 0.
     ``low_res_logits``: ``(K, s, s)`` raw model output (``s = S / stride``) for ``view`` (the
     whole image, or the zoom-in window the pass saw), kept so that the prediction can be fed
     back as the next pass's previous mask without loss. Outside the view the mask is empty.
@@ -137,10 +138,11 @@ class Prediction:
     clicks: tuple[geometry.Click, ...] = ()
     box: geometry.Box | None = None
     image_key: str = ""
-    mask: np.ndarray = field(init=False, repr=False)
+    mask: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.mask = self.view.logits_to_image(self.low_res_logits[self.index], self.stride) > 0
+        if self.mask is None:
+            self.mask = self.view.logits_to_image(self.low_res_logits[self.index], self.stride) > 0
 
     @property
     def score(self) -> float:
@@ -238,11 +240,13 @@ class SqueezeSAM:
         backend: advanced: any callable with the contract's inputs and outputs, plus ``spec``
             (training uses this to validate a PyTorch network through exactly this code).
         zoom_in: refine clicks on a zoomed-in window (:class:`ZoomIn`); None = always the whole image.
+        edge_refine: snap the presented mask of a pass with clicks to image edges
+            (:class:`edges.EdgeRefine`); None = the network's upsampled mask as it is.
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, threads: int | None = None,
                  cache_size: int = 16, backend: Backend | None = None, spec: ModelSpec | None = None,
-                 zoom_in: ZoomIn | None = ZoomIn()):
+                 zoom_in: ZoomIn | None = ZoomIn(), edge_refine: edges.EdgeRefine | None = edges.EdgeRefine()):
         if backend is None:
             onnx_backend = OnnxBackend(model_path or default_model_path(), threads)
             backend, spec = onnx_backend, onnx_backend.spec
@@ -251,6 +255,7 @@ class SqueezeSAM:
         self.backend = backend
         self.spec = spec
         self.zoom_in = zoom_in
+        self.edge_refine = edge_refine
         self.images = ImageCache(cache_size)
         self.history = ImageCache(4 * cache_size)  # prefix -> Prediction, for predict_history
 
@@ -274,7 +279,8 @@ class SqueezeSAM:
                 return cached
         canvas, box = geometry.letterbox_image(rgb, self.spec.input_size)
         tensor = geometry.zero_padding(geometry.normalize_image(canvas, self.spec.mean, self.spec.std), box)
-        source, source_scale = zoom_source(rgb) if self.zoom_in is not None else (None, 1.0)
+        keep_source = self.zoom_in is not None or self.edge_refine is not None
+        source, source_scale = zoom_source(rgb) if keep_source else (None, 1.0)
         prepared = PreparedImage(key, box, tensor[None], source, source_scale)
         self.images.put(key, prepared)
         return prepared
@@ -305,8 +311,13 @@ class SqueezeSAM:
         masks, iou = self.backend(inputs)
         scores = np.asarray(iou, dtype=np.float32).reshape(-1)
         index = choose_hypothesis(scores, len(clean_clicks), clean_box is not None)
-        return Prediction(np.asarray(masks[0], dtype=np.float32), scores, index, view, self.spec.stride,
-                          tuple(clean_clicks), clean_box, prepared.key)
+        low_res = np.asarray(masks[0], dtype=np.float32)
+        mask = None
+        if self.edge_refine is not None and clean_clicks and prepared.source is not None:
+            logits = view.logits_to_image(low_res[index], self.spec.stride)
+            mask = edges.refine_mask(logits, prepared.source, prepared.source_scale, self.edge_refine)
+        return Prediction(low_res, scores, index, view, self.spec.stride, tuple(clean_clicks), clean_box,
+                          prepared.key, mask)
 
     def choose_view(self, prepared: PreparedImage, clicks: Sequence[geometry.Click], box: geometry.Box | None,
                     prev: Prediction | None) -> geometry.View:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from sqsam_core.contract import DEFAULT_INPUT_SIZE
+from sqsam_core.edges import EdgeRefine
 from sqsam_core.evaluation import EvalObject, clicks_to_reach, evaluate, format_report, zero_click_iou
 from sqsam_core.predictor import SqueezeSAM, ZoomIn
 from sqsam_train.data import SALIENT_SETS, load_training_data, set_name
@@ -63,6 +64,7 @@ def main(argv=None) -> None:
     p.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE,
                    help="S the network sees (it is fully convolutional; serving reads S from the ONNX file)")
     p.add_argument("--zoom-expansion", type=float, default=ZoomIn.expansion, help="ZoomIn.expansion")
+    p.add_argument("--no-edge-refine", action="store_true", help="masks as the network upsamples them")
     p.add_argument("--zoom-min-side", type=float, default=ZoomIn.min_side, help="ZoomIn.min_side, image pixels")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -73,7 +75,8 @@ def main(argv=None) -> None:
         net = load_checkpoint(ckpt)
         zoom = ZoomIn(expansion=args.zoom_expansion, min_side=args.zoom_min_side)
         model = SqueezeSAM(backend=TorchBackend(net), spec=spec_for(net, ckpt.stem, args.input_size),
-                           zoom_in=None if args.no_zoom else zoom)
+                           zoom_in=None if args.no_zoom else zoom,
+                           edge_refine=None if args.no_edge_refine else EdgeRefine())
         report = evaluate(model, objects, max_clicks=args.max_clicks, progress=False)
         report["dataset"] = "train-validation"
         report["model_version"] = ckpt.name

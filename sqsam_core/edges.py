@@ -59,9 +59,8 @@ def refine_mask(logits: np.ndarray, source: np.ndarray, source_scale: float,
     image pixel (1.0, or less for the downscaled copy kept of a very large image). The filter
     runs on the box around the unsure pixels, in source pixels, and its result is resized back.
     """
-    prob = 1.0 / (1.0 + np.exp(-np.clip(logits, -30.0, 30.0)))
-    mask = prob > 0.5
-    unsure = (prob > settings.unsure) & (prob < 1.0 - settings.unsure)
+    mask = logits > 0
+    unsure = np.abs(logits) < math.log((1.0 - settings.unsure) / settings.unsure)  # p in (u, 1 - u)
     rows, cols = np.nonzero(unsure.any(axis=1))[0], np.nonzero(unsure.any(axis=0))[0]
     if rows.size == 0:
         return mask
@@ -69,7 +68,7 @@ def refine_mask(logits: np.ndarray, source: np.ndarray, source_scale: float,
     height, width = logits.shape
     top, bottom = max(0, rows[0] - pad), min(height, rows[-1] + 1 + pad)
     left, right = max(0, cols[0] - pad), min(width, cols[-1] + 1 + pad)
-    crop = np.ascontiguousarray(prob[top:bottom, left:right], dtype=np.float32)
+    crop = 1.0 / (1.0 + np.exp(-np.clip(logits[top:bottom, left:right], -30.0, 30.0), dtype=np.float32))
     guide = _grey_window(source, source_scale, top, bottom, left, right)
     if guide.shape != crop.shape:
         small = cv2.resize(crop, (guide.shape[1], guide.shape[0]), interpolation=cv2.INTER_AREA)

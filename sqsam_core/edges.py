@@ -51,12 +51,13 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     return box_mean(a) * guide + box_mean(b)
 
 
-def refine_mask(logits: np.ndarray, source: np.ndarray, source_scale: float,
+def refine_mask(logits: np.ndarray, grey: np.ndarray, source_scale: float,
                 settings: EdgeRefine = EdgeRefine()) -> np.ndarray:
     """``(H, W)`` bool mask from ``(H, W)`` float32 image-space logits, boundary snapped to edges.
 
-    ``source``: the image's ``(h, w, 3)`` uint8 RGB pixels at ``source_scale`` source pixels per
-    image pixel (1.0, or less for the downscaled copy kept of a very large image). The filter
+    ``grey``: the image's ``(h, w)`` uint8 grey levels at ``source_scale`` source pixels per
+    image pixel (1.0, or less for the downscaled copy kept of a very large image; made once per
+    image, :attr:`PreparedImage.grey`). The filter
     runs on the box around the unsure pixels, in source pixels, and its result is resized back.
     """
     mask = logits > 0
@@ -69,7 +70,7 @@ def refine_mask(logits: np.ndarray, source: np.ndarray, source_scale: float,
     top, bottom = max(0, rows[0] - pad), min(height, rows[-1] + 1 + pad)
     left, right = max(0, cols[0] - pad), min(width, cols[-1] + 1 + pad)
     crop = 1.0 / (1.0 + np.exp(-np.clip(logits[top:bottom, left:right], -30.0, 30.0), dtype=np.float32))
-    guide = _grey_window(source, source_scale, top, bottom, left, right)
+    guide = _guide_window(grey, source_scale, top, bottom, left, right)
     if guide.shape != crop.shape:
         small = cv2.resize(crop, (guide.shape[1], guide.shape[0]), interpolation=cv2.INTER_AREA)
         filtered = cv2.resize(guided_filter(guide, small, settings.radius, settings.eps),
@@ -81,12 +82,12 @@ def refine_mask(logits: np.ndarray, source: np.ndarray, source_scale: float,
     return mask
 
 
-def _grey_window(source: np.ndarray, source_scale: float, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-    """Grey levels in [0, 1] of image rows ``top:bottom``, columns ``left:right``, read from ``source``."""
+def _guide_window(grey: np.ndarray, source_scale: float, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """Grey levels in [0, 1] (float32) of image rows ``top:bottom``, columns ``left:right``, read from ``grey``."""
     if source_scale == 1.0:
-        window = source[top:bottom, left:right]
+        window = grey[top:bottom, left:right]
     else:
         y0, y1 = int(top * source_scale), max(int(top * source_scale) + 1, round(bottom * source_scale))
         x0, x1 = int(left * source_scale), max(int(left * source_scale) + 1, round(right * source_scale))
-        window = source[y0:y1, x0:x1]
-    return cv2.cvtColor(np.ascontiguousarray(window), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+        window = grey[y0:y1, x0:x1]
+    return window.astype(np.float32) / 255.0

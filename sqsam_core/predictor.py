@@ -113,6 +113,7 @@ class PreparedImage:
     tensor: np.ndarray  # (1, 3, S, S) float32, exact zeros on padding
     source: np.ndarray | None = None  # (h, w, 3) uint8 RGB
     source_scale: float = 1.0
+    grey: np.ndarray | None = None  # (h, w) uint8 grey levels of ``source``: the edge-refinement guide
 
     @property
     def full_view(self) -> geometry.View:
@@ -281,7 +282,8 @@ class SqueezeSAM:
         tensor = geometry.zero_padding(geometry.normalize_image(canvas, self.spec.mean, self.spec.std), box)
         keep_source = self.zoom_in is not None or self.edge_refine is not None
         source, source_scale = zoom_source(rgb) if keep_source else (None, 1.0)
-        prepared = PreparedImage(key, box, tensor[None], source, source_scale)
+        grey = cv2.cvtColor(source, cv2.COLOR_RGB2GRAY) if self.edge_refine is not None else None
+        prepared = PreparedImage(key, box, tensor[None], source, source_scale, grey)
         self.images.put(key, prepared)
         return prepared
 
@@ -313,9 +315,9 @@ class SqueezeSAM:
         index = choose_hypothesis(scores, len(clean_clicks), clean_box is not None)
         low_res = np.asarray(masks[0], dtype=np.float32)
         mask = None
-        if self.edge_refine is not None and clean_clicks and prepared.source is not None:
+        if self.edge_refine is not None and clean_clicks and prepared.grey is not None:
             logits = view.logits_to_image(low_res[index], self.spec.stride)
-            mask = edges.refine_mask(logits, prepared.source, prepared.source_scale, self.edge_refine)
+            mask = edges.refine_mask(logits, prepared.grey, prepared.source_scale, self.edge_refine)
         return Prediction(low_res, scores, index, view, self.spec.stride, tuple(clean_clicks), clean_box,
                           prepared.key, mask)
 

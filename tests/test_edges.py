@@ -19,6 +19,10 @@ def _shifted_blurry_logits(truth, shift=1):
     return (soft - 0.5) * 4.0
 
 
+def grey(rgb):
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
 def iou(a, b):
     return (a & b).sum() / (a | b).sum()
 
@@ -27,7 +31,7 @@ def test_refined_boundary_moves_onto_the_image_edge():
     rgb, truth = _square_scene()
     logits = _shifted_blurry_logits(truth)
     plain = logits > 0
-    refined = refine_mask(logits, rgb, 1.0)
+    refined = refine_mask(logits, grey(rgb), 1.0)
     assert iou(plain, truth) < 0.92
     assert iou(refined, truth) > 0.99
 
@@ -36,7 +40,7 @@ def test_confident_pixels_never_change():
     rgb, truth = _square_scene()
     logits = np.where(truth, 6.0, -6.0).astype(np.float32)
     logits[0:10, 0:10] = 6.0  # a confident blob on flat background stays, though no edge supports it
-    out = refine_mask(logits, rgb, 1.0, EdgeRefine(unsure=0.2))
+    out = refine_mask(logits, grey(rgb), 1.0, EdgeRefine(unsure=0.2))
     np.testing.assert_array_equal(out, logits > 0)
 
 
@@ -44,7 +48,7 @@ def test_downscaled_source_gives_the_same_snap():
     rgb, truth = _square_scene(size=192, left=60, right=140)
     logits = _shifted_blurry_logits(truth, shift=2)
     half = cv2.resize(rgb, (96, 96), interpolation=cv2.INTER_AREA)
-    refined = refine_mask(logits, half, 0.5)
+    refined = refine_mask(logits, grey(half), 0.5)
     assert refined.shape == truth.shape
     assert iou(refined, truth) > iou(logits > 0, truth) + 0.02
 

@@ -64,8 +64,8 @@ def main(argv=None) -> None:
     p.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE,
                    help="S the network sees (it is fully convolutional; serving reads S from the ONNX file)")
     p.add_argument("--zoom-expansion", type=float, default=ZoomIn.expansion, help="ZoomIn.expansion")
-    p.add_argument("--no-edge-refine", action="store_true", help="masks as the network upsamples them")
     p.add_argument("--zoom-min-side", type=float, default=ZoomIn.min_side, help="ZoomIn.min_side, image pixels")
+    p.add_argument("--no-edge-refine", action="store_true", help="masks as the network upsamples them")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sets = load_training_data(args.data, cache=args.cache)

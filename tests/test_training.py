@@ -200,3 +200,29 @@ def test_validation_reports_noc90_per_training_set():
         {"name": "COCO128/c", "ious": [0.5, 0.6, 0.7, 0.8, 0.85]},  # never: max_clicks
     ]}
     assert noc90_by_set(report) == {"COCO128": 5.0, "ECSSD": 2.0}
+
+
+def test_constant_schedule_holds_the_rate_after_warm_up_and_cosine_decays_it():
+    assert train.learning_rate_factor(0, 1000, 100, "constant") == pytest.approx(0.01)
+    assert train.learning_rate_factor(999, 1000, 100, "constant") == 1.0
+    assert train.learning_rate_factor(999, 1000, 100, "cosine") == pytest.approx(0.02, abs=1e-3)
+
+
+def test_averaged_checkpoint_is_the_mean_of_the_weights_and_loads_for_export(tmp_path):
+    from sqsam_train.average import average_states
+
+    torch.manual_seed(1)
+    first, second = build_network(None).state_dict(), build_network(None).state_dict()
+    paths = []
+    for i, state in enumerate((first, second)):
+        paths.append(tmp_path / f"step{i}.ckpt")
+        torch.save({"net": state}, paths[-1])
+    averaged = average_states([torch.load(p, weights_only=False)["net"] for p in paths])
+    weight = next(k for k in first if k.endswith("weight") and first[k].is_floating_point())
+    assert torch.allclose(averaged[weight], (first[weight] + second[weight]) / 2)
+    counter = next(k for k in first if k.endswith("num_batches_tracked"))
+    assert averaged[counter].dtype == first[counter].dtype
+    torch.save({"net": averaged}, tmp_path / "average.ckpt")
+    assert load_checkpoint(tmp_path / "average.ckpt").output_stride == 2
+    with pytest.raises(ValueError, match="different networks"):
+        average_states([first, build_network(None, refine=True).state_dict()])

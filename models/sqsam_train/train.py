@@ -66,6 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--backbone-lr-scale", type=float, default=0.3)
     p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="after warm-up: cosine to 2 %% of --lr over --steps, or constant --lr (for averaging "
+                        "checkpoints, sqsam_train.average)")
+    p.add_argument("--save-every", type=int, default=500, help="keep a stepNNNNNN.ckpt every this many steps")
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--stop-after-minutes", type=float, default=None, help="exit cleanly (with a checkpoint) after this long")
     p.add_argument("--threads", type=int, default=2)
@@ -252,9 +256,12 @@ def save_checkpoint(path: Path, net, optimizer, step: int, rng: np.random.Genera
     tmp.replace(path)
 
 
-def learning_rate_factor(step: int, total: int, warmup: int) -> float:
+def learning_rate_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
+    """Multiplier of the base learning rate at ``step``: linear warm-up, then cosine or constant."""
     if step < warmup:
         return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -339,7 +346,7 @@ def main(argv=None) -> None:
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=10)
     running: dict[str, float] = {}
     while step < args.steps:
-        factor = learning_rate_factor(step, args.steps, args.warmup)
+        factor = learning_rate_factor(step, args.steps, args.warmup, args.schedule)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         metrics = train_step(net, optimizer, maker, rng, args, device)
@@ -355,7 +362,7 @@ def main(argv=None) -> None:
         if time.time() - last_save > args.ckpt_minutes * 60 or step == args.steps or out_of_time:
             save_checkpoint(last, net, optimizer, step, rng, args)
             last_save = time.time()
-        if step % 500 == 0:
+        if step % args.save_every == 0:
             save_checkpoint(args.run_dir / f"step{step:06d}.ckpt", net, optimizer, step, rng, args)
         if out_of_time:
             print(f"stopping after {args.stop_after_minutes} minutes at step {step}")

@@ -51,6 +51,31 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     return box_mean(a) * guide + box_mean(b)
 
 
+def guided_filter_where(guide: np.ndarray, src: np.ndarray, where: np.ndarray, radius: int, eps: float,
+                        tile: int = 64) -> np.ndarray:
+    """:func:`guided_filter` of ``src`` at the ``True`` pixels of ``(h, w)`` bool ``where``; ``src`` elsewhere.
+
+    The filter is run only on the ``tile x tile`` blocks that hold a ``where`` pixel, each with a
+    ``2 radius`` margin (its reach: two box means), clipped at the array's border, so the values
+    at ``where`` are those of the whole-array filter. A mask's uncertain band is a thin curve, so
+    this touches a fraction of its bounding box.
+    """
+    height, width = src.shape
+    out = src.copy()
+    rows, cols = -(-height // tile), -(-width // tile)
+    padded = np.zeros((rows * tile, cols * tile), bool)
+    padded[:height, :width] = where
+    margin = 2 * radius
+    for row, col in zip(*np.nonzero(padded.reshape(rows, tile, cols, tile).any(axis=(1, 3)))):
+        top, left = row * tile, col * tile
+        bottom, right = min(height, top + tile), min(width, left + tile)
+        y0, x0 = max(0, top - margin), max(0, left - margin)
+        y1, x1 = min(height, bottom + margin), min(width, right + margin)
+        block = guided_filter(guide[y0:y1, x0:x1], src[y0:y1, x0:x1], radius, eps)
+        out[top:bottom, left:right] = block[top - y0 : bottom - y0, left - x0 : right - x0]
+    return out
+
+
 def refine_mask(logits: np.ndarray, grey: np.ndarray, source_scale: float,
                 settings: EdgeRefine = EdgeRefine()) -> np.ndarray:
     """``(H, W)`` bool mask from ``(H, W)`` float32 image-space logits, boundary snapped to edges.
@@ -58,7 +83,8 @@ def refine_mask(logits: np.ndarray, grey: np.ndarray, source_scale: float,
     ``grey``: the image's ``(h, w)`` uint8 grey levels at ``source_scale`` source pixels per
     image pixel (1.0, or less for the downscaled copy kept of a very large image; made once per
     image, :attr:`PreparedImage.grey`). The filter
-    runs on the box around the unsure pixels, in source pixels, and its result is resized back.
+    runs on the unsure pixels' tiles (:func:`guided_filter_where`), in source pixels, and its result
+    is resized back.
     """
     mask = logits > 0
     unsure = np.abs(logits) < math.log((1.0 - settings.unsure) / settings.unsure)  # p in (u, 1 - u)
@@ -71,13 +97,15 @@ def refine_mask(logits: np.ndarray, grey: np.ndarray, source_scale: float,
     left, right = max(0, cols[0] - pad), min(width, cols[-1] + 1 + pad)
     crop = 1.0 / (1.0 + np.exp(-np.clip(logits[top:bottom, left:right], -30.0, 30.0), dtype=np.float32))
     guide = _guide_window(grey, source_scale, top, bottom, left, right)
+    window = unsure[top:bottom, left:right]
     if guide.shape != crop.shape:
         small = cv2.resize(crop, (guide.shape[1], guide.shape[0]), interpolation=cv2.INTER_AREA)
-        filtered = cv2.resize(guided_filter(guide, small, settings.radius, settings.eps),
+        where = cv2.resize(window * np.uint8(255), (guide.shape[1], guide.shape[0]), interpolation=cv2.INTER_AREA) > 0
+        where = cv2.dilate(where.view(np.uint8), np.ones((3, 3), np.uint8)) > 0  # bilinear upsampling reads neighbours
+        filtered = cv2.resize(guided_filter_where(guide, small, where, settings.radius, settings.eps),
                               (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
     else:
-        filtered = guided_filter(guide, crop, settings.radius, settings.eps)
-    window = unsure[top:bottom, left:right]
+        filtered = guided_filter_where(guide, crop, window, settings.radius, settings.eps)
     mask[top:bottom, left:right] = np.where(window, filtered > 0.5, mask[top:bottom, left:right])
     return mask
 

@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
 
-from sqsam_core.edges import EdgeRefine, guided_filter, refine_mask
+from sqsam_core.edges import EdgeRefine, guided_filter, guided_filter_where, refine_mask
 
 
 def _square_scene(size=96, left=30, right=70):
@@ -57,3 +57,16 @@ def test_guided_filter_keeps_a_constant_and_follows_the_guide():
     guide = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (32, 1))
     np.testing.assert_allclose(guided_filter(guide, np.full_like(guide, 0.3), 2, 1e-3), 0.3, atol=1e-5)
     np.testing.assert_allclose(guided_filter(guide, guide, 2, 1e-6), guide, atol=1e-3)
+
+
+def test_filtering_only_the_tiles_of_a_thin_band_equals_the_whole_array_filter():
+    rng = np.random.default_rng(0)
+    guide = rng.random((150, 230), dtype=np.float32)
+    src = rng.random((150, 230), dtype=np.float32)
+    where = np.zeros((150, 230), bool)
+    where[0, :] = where[:, 229] = True  # on the border: the clipped margins must reflect like the whole array
+    where[70:73, 20:200] = True  # a band across tile edges
+    whole = guided_filter(guide, src, 2, 1e-3)
+    tiled = guided_filter_where(guide, src, where, 2, 1e-3, tile=32)
+    np.testing.assert_allclose(tiled[where], whole[where], atol=1e-6)
+    np.testing.assert_array_equal(tiled[100:, :200], src[100:, :200])  # no band there: left as it was

@@ -226,3 +226,20 @@ def test_averaged_checkpoint_is_the_mean_of_the_weights_and_loads_for_export(tmp
     assert load_checkpoint(tmp_path / "average.ckpt").output_stride == 2
     with pytest.raises(ValueError, match="different networks"):
         average_states([first, build_network(None, refine=True).state_dict()])
+
+
+def test_validation_runs_a_checkpoint_through_torch_and_an_export_through_onnx_runtime(tmp_path):
+    from sqsam_train.validate import model_for
+
+    torch.manual_seed(2)
+    small = build_network(None)
+    torch.save({"net": small.state_dict()}, tmp_path / "step.ckpt")
+    export(small.eval(), tmp_path / "step.onnx", spec_for(small, "step", input_size=96))
+    from_torch = model_for(tmp_path / "step.ckpt", 96, 1, zoom_in=None)
+    from_onnx = model_for(tmp_path / "step.onnx", 320, 1, zoom_in=None)
+    assert from_onnx.spec.input_size == 96 and from_onnx.zoom_in is None
+    image = np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    a, b = (m.predict(image, clicks=[(40, 30, True)]) for m in (from_torch, from_onnx))
+    np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, atol=1e-3)
+    with pytest.raises(SystemExit, match="fixes its own"):
+        model_for(tmp_path / "step.onnx", 256, 1)

@@ -2,9 +2,9 @@
 
     python -m sqsam_train.validate runs/v1/step001000.ckpt runs/v1/last.ckpt --data ../shared/data
 
-The network runs behind :class:`sqsam_core.SqueezeSAM` through a PyTorch backend, so the
-numbers come from exactly the pre/post-processing and click protocol that serving and
-``sqsam eval`` use. Checkpoints are picked on these numbers; ``salient_zero_click_iou`` (the
+The network runs behind :class:`sqsam_core.SqueezeSAM` through a PyTorch backend (or ONNX Runtime
+for an exported ``.onnx`` file, faster on CPU), so the numbers come from exactly the
+pre/post-processing and click protocol that serving and ``sqsam eval`` use. Checkpoints are picked on these numbers; ``salient_zero_click_iou`` (the
 first auto-mask object against every held-out ECSSD / Human object) stands in for the zero-click
 bar, whose eval sets are salient-object images too.
 """
@@ -52,9 +52,19 @@ def noc90_by_set(report: dict) -> dict[str, float]:
     return {name: round(float(np.mean(nocs)), 2) for name, nocs in sorted(by_set.items())}
 
 
+def model_for(path: Path, input_size: int, threads: int, **options) -> SqueezeSAM:
+    """The serving predictor on a checkpoint (PyTorch, at ``input_size``) or an ``.onnx`` file (its own S)."""
+    if path.suffix == ".onnx":
+        if input_size != DEFAULT_INPUT_SIZE:
+            raise SystemExit(f"--input-size applies to checkpoints; {path} fixes its own")
+        return SqueezeSAM(path, threads=threads, **options)
+    net = load_checkpoint(path)
+    return SqueezeSAM(backend=TorchBackend(net), spec=spec_for(net, path.stem, input_size), **options)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", type=Path, nargs="+")
+    p.add_argument("checkpoints", type=Path, nargs="+", help=".ckpt / .pt files, or exported .onnx files")
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
     p.add_argument("--cache", type=Path, default=None, help="the training run's data-cache.pkl")
     p.add_argument("--per-set", type=int, default=12)
@@ -72,11 +82,9 @@ def main(argv=None) -> None:
     objects = validation_objects(sets, args.per_set)
     salient = salient_objects(sets)
     for ckpt in args.checkpoints:
-        net = load_checkpoint(ckpt)
         zoom = ZoomIn(expansion=args.zoom_expansion, min_side=args.zoom_min_side)
-        model = SqueezeSAM(backend=TorchBackend(net), spec=spec_for(net, ckpt.stem, args.input_size),
-                           zoom_in=None if args.no_zoom else zoom,
-                           edge_refine=None if args.no_edge_refine else EdgeRefine())
+        model = model_for(ckpt, args.input_size, args.threads, zoom_in=None if args.no_zoom else zoom,
+                          edge_refine=None if args.no_edge_refine else EdgeRefine())
         report = evaluate(model, objects, max_clicks=args.max_clicks, progress=False)
         report["dataset"] = "train-validation"
         report["model_version"] = ckpt.name

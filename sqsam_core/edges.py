@@ -82,9 +82,8 @@ def refine_mask(logits: np.ndarray, grey: np.ndarray, source_scale: float,
 
     ``grey``: the image's ``(h, w)`` uint8 grey levels at ``source_scale`` source pixels per
     image pixel (1.0, or less for the downscaled copy kept of a very large image; made once per
-    image, :attr:`PreparedImage.grey`). The filter
-    runs on the unsure pixels' tiles (:func:`guided_filter_where`), in source pixels, and its result
-    is resized back.
+    image, :attr:`PreparedImage.grey`). The filter runs on the unsure pixels' tiles
+    (:func:`guided_filter_where`), in source pixels, and its result is resized back.
     """
     mask = logits > 0
     unsure = np.abs(logits) < math.log((1.0 - settings.unsure) / settings.unsure)  # p in (u, 1 - u)

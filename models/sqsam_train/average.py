@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from sqsam_train.network import read_weights
+
 
 def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The element-wise mean of same-shaped state dicts, in float32; integer tensors from the last one."""
@@ -39,7 +41,7 @@ def main() -> None:
     p.add_argument("checkpoints", type=Path, nargs="+", help=".ckpt or weights-only .pt files of one network")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    states = [torch.load(path, map_location="cpu", weights_only=False)["net"] for path in args.checkpoints]
+    states = [read_weights(path) for path in args.checkpoints]
     torch.save({"net": average_states(states), "averaged": [str(path) for path in args.checkpoints]}, args.out)
     print(f"averaged {len(states)} checkpoints -> {args.out}")
 

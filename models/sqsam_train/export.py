@@ -19,7 +19,7 @@ import torch
 
 from sqsam_core.contract import (CONTRACT_VERSION, DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN,
                                  DEFAULT_STD, INPUT_NAMES, OUTPUT_NAMES, ModelSpec)
-from sqsam_train.network import SqueezeSAMNet, build_network, has_refine_stage
+from sqsam_train.network import SqueezeSAMNet, build_network, has_refine_stage, read_weights
 
 
 class TorchBackend:
@@ -42,7 +42,7 @@ def spec_for(net: SqueezeSAMNet, version: str, input_size: int = DEFAULT_INPUT_S
 
 def load_checkpoint(path: Path) -> SqueezeSAMNet:
     """A trained network from a ``.ckpt`` or weights-only ``.pt``, with or without a refinement stage."""
-    state = torch.load(path, map_location="cpu", weights_only=False)["net"]
+    state = read_weights(path)
     net = build_network(pretrained=None, refine=has_refine_stage(state))
     net.load_state_dict(state)  # float16 weights-only files are cast on copy
     return net.eval()

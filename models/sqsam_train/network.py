@@ -232,6 +232,11 @@ class SqueezeSAMNet(nn.Module):
             raise KeyError(f"weights do not fit this network: missing {new[:5]}, unexpected {unexpected[:5]}")
 
 
+def read_weights(path, map_location="cpu") -> dict[str, torch.Tensor]:
+    """The network's state dict from a training ``.ckpt`` or a weights-only ``.pt`` (both keep it under "net")."""
+    return torch.load(path, map_location=map_location, weights_only=False)["net"]
+
+
 def has_refine_stage(state_dict: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith("refine.") for k in state_dict)
 

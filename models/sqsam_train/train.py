@@ -37,7 +37,7 @@ from sqsam_core import geometry
 from sqsam_core.contract import (DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN, DEFAULT_STD, choose_hypothesis,
                                  is_ambiguous_prompt)
 from sqsam_train.data import Sample, SampleMaker, load_training_data, set_name
-from sqsam_train.network import build_network
+from sqsam_train.network import build_network, read_weights
 
 # Corrective rounds before the gradient pass. v4 adds 12 and 16 so the network also sees the
 # many-click regime NoC@90 is measured in (an evaluation runs up to 20 clicks).
@@ -338,7 +338,7 @@ def main(argv=None) -> None:
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed from {last} at step {step}")
     elif args.init:
-        net.load_weights(torch.load(args.init, map_location=device, weights_only=False)["net"])
+        net.load_weights(read_weights(args.init, map_location=device))
 
     started = time.time()
     last_save = time.time()

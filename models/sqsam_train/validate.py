@@ -4,9 +4,10 @@
 
 The network runs behind :class:`sqsam_core.SqueezeSAM` through a PyTorch backend (or ONNX Runtime
 for an exported ``.onnx`` file, faster on CPU), so the numbers come from exactly the
-pre/post-processing and click protocol that serving and ``sqsam eval`` use. Checkpoints are picked on these numbers; ``salient_zero_click_iou`` (the
-first auto-mask object against every held-out ECSSD / Human object) stands in for the zero-click
-bar, whose eval sets are salient-object images too.
+pre/post-processing and click protocol that serving and ``sqsam eval`` use. Checkpoints are
+picked on these numbers; ``salient_zero_click_iou`` (the first auto-mask object against every
+held-out ECSSD / Human object) stands in for the zero-click bar, whose eval sets are
+salient-object images too.
 """
 
 from __future__ import annotations

@@ -88,6 +88,29 @@ def test_samples_follow_the_documented_layout():
     assert modes == {"clicks", "salient", "box"}
 
 
+def test_zoom_views_at_serving_scale_show_objects_as_large_as_serving_does():
+    image = np.full((600, 600, 3), 40, np.uint8)
+    mask = np.zeros((600, 600), bool)
+    mask[200:400, 200:400] = True
+    image[mask] = (200, 60, 60)
+    sets = {"ECSSD": [Entry("synthetic/big", image, [mask])]}
+
+    def object_sides(maker):
+        rng, sides = np.random.default_rng(3), []
+        for _ in range(40):
+            view, valid, target = maker._zoomed_view(image, mask, rng)
+            assert view.shape == (128, 128, 3) and valid.shape == target.shape == (128, 128)
+            assert not (target & ~valid).any()
+            x0, y0, x1, y1 = geometry.mask_box(target)
+            sides.append(max(x1 - x0, y1 - y0) + 1)
+        return np.median(sides)
+
+    shrunk = object_sides(SampleMaker(sets, crop=128, input_size=160))
+    serving = object_sides(SampleMaker(sets, crop=128, input_size=160, zoom_at_serving_scale=True))
+    # the 200-px object in a 1.2-2.0x window: ~128*0.9/1.6 = 72 px shrunk into the window, ~160/1.6 = 100 at S
+    assert 55 < shrunk < 90 and serving > 1.2 * shrunk
+
+
 def test_training_step_lowers_the_loss_and_resumes_exactly(tmp_path):
     args = train.parse_args(["--batch", "4", "--crop", "64", "--input-size", "80", "--run-dir", str(tmp_path)])
     torch.manual_seed(0)

@@ -186,12 +186,12 @@ class SampleMaker:
 
     def __init__(self, sets: dict[str, list[Entry]], crop: int = 256, input_size: int = 320,
                  salient_share: float = 0.12, box_share: float = 0.15, paste_share: float = 0.15,
-                 merge_share: float = 0.15, zoom_share: float = 0.3):
+                 merge_share: float = 0.15, zoom_share: float = 0.3, zoom_at_serving_scale: bool = False):
         self.sets = {k: v for k, v in sets.items() if v}
         self.crop, self.input_size = crop, input_size
         self.salient_share, self.box_share = salient_share, box_share
         self.paste_share, self.merge_share = paste_share, merge_share
-        self.zoom_share = zoom_share
+        self.zoom_share, self.zoom_at_serving_scale = zoom_share, zoom_at_serving_scale
 
     def _entry(self, rng: np.random.Generator, names: tuple[str, ...] | None = None) -> Entry:
         names = tuple(n for n in (names or tuple(self.sets)) if n in self.sets)
@@ -251,23 +251,36 @@ class SampleMaker:
         """The zoom-in view serving uses after the first click (``geometry.zoom_window``).
 
         The object's box, expanded by U(1.2, 2.0) around a jittered centre (the runtime's 1.4
-        around a predicted mask that is itself off), cropped out of the image and letterboxed
-        top-left with its longer side ``crop x U(0.8, 1.0)``.
+        around a predicted mask that is itself off), cut out of the image and letterboxed
+        top-left. By default (v1-v6) the view's longer side is ``crop x U(0.8, 1.0)``, so the
+        whole view fits the window but objects appear 1.25-1.6x smaller than at serving, where
+        the view's longer side is S. With ``zoom_at_serving_scale`` the view's longer side is
+        ``S x U(0.9, 1.1)``, each side at least U(150, 250) image pixels (the runtime's
+        ``min_side`` of 200), and a ``crop`` window holding an object pixel is cut from it.
         """
         x0, y0, x1, y1 = mask_box(target)
         h, w = target.shape
         side_w, side_h = (x1 - x0 + 1) * rng.uniform(1.2, 2.0), (y1 - y0 + 1) * rng.uniform(1.2, 2.0)
+        if self.zoom_at_serving_scale:
+            min_side = rng.uniform(150, 250)
+            side_w, side_h = max(side_w, min_side), max(side_h, min_side)
         cx = (x0 + x1) / 2 + rng.normal(0, 0.08) * side_w
         cy = (y0 + y1) / 2 + rng.normal(0, 0.08) * side_h
         left, right = int(max(0, round(cx - side_w / 2))), int(min(w, round(cx + side_w / 2) + 1))
         top, bottom = int(max(0, round(cy - side_h / 2))), int(min(h, round(cy + side_h / 2) + 1))
         if right - left < 8 or bottom - top < 8:
             return self._scaled_window(image, target, rng)
-        longer = self.crop * rng.uniform(0.8, 1.0)
+        if self.zoom_at_serving_scale:
+            longer = self.input_size * rng.uniform(0.9, 1.1)
+        else:
+            longer = self.crop * rng.uniform(0.8, 1.0)
         view, (view_target,) = resize_pair(image[top:bottom, left:right], [target[top:bottom, left:right]], longer)
-        view = crop_around(color_jitter(view, rng), 0, 0, self.crop)
-        valid = crop_around(np.ones(view_target.shape, bool), 0, 0, self.crop)
-        return view, valid, crop_around(view_target, 0, 0, self.crop)
+        window_top, window_left = (0, 0)
+        if self.zoom_at_serving_scale and view_target.any():
+            window_top, window_left = self._window(view_target, rng)
+        view = crop_around(color_jitter(view, rng), window_top, window_left, self.crop)
+        valid = crop_around(np.ones(view_target.shape, bool), window_top, window_left, self.crop)
+        return view, valid, crop_around(view_target, window_top, window_left, self.crop)
 
     def _window(self, target: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
         """Top-left of a crop window that contains a random object pixel."""

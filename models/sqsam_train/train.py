@@ -61,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="extra BCE weight on pixels within BOUNDARY_BAND px of the target's boundary (0: plain BCE)")
     p.add_argument("--coarse-band", type=int, default=0,
                    help="ignore pixels within this many px of the target boundary on COARSE_MASK_SETS samples (0: off)")
+    p.add_argument("--zoom-at-serving-scale", action="store_true",
+                   help="zoom-in samples at the scale serving shows them (view's longer side S, a --crop window "
+                        "of it) instead of the whole view shrunk into the window (v1-v6)")
     p.add_argument("--refine", action="store_true",
                    help="add the stride-1 refinement stage (network.RefineStage; an --init without it starts it as the identity)")
     p.add_argument("--lr", type=float, default=6e-4)
@@ -319,7 +322,7 @@ def main(argv=None) -> None:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     sets = load_training_data(args.data, cache=args.run_dir / "data-cache.pkl")
     maker = SampleMaker({k: v[0] for k, v in sets.items()}, crop=args.crop, input_size=args.input_size,
-                        salient_share=args.salient_share)
+                        salient_share=args.salient_share, zoom_at_serving_scale=args.zoom_at_serving_scale)
 
     net = build_network(pretrained=None if args.init else "imagenet", refine=args.refine).to(device)
     optimizer = make_optimizer(net, args)

@@ -266,3 +266,32 @@ def test_validation_runs_a_checkpoint_through_torch_and_an_export_through_onnx_r
     np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, atol=1e-3)
     with pytest.raises(SystemExit, match="fixes its own"):
         model_for(tmp_path / "step.onnx", 256, 1)
+
+
+def test_int8_variant_is_calibrated_on_serving_passes_and_runs(tmp_path):
+    from PIL import Image
+
+    from sqsam_train.quantize import CalibrationReader, quantize
+
+    for set_name in ("ECSSD", "COCO_MVal", "Human"):
+        (tmp_path / "train" / set_name / "images").mkdir(parents=True)
+        (tmp_path / "train" / set_name / "masks").mkdir()
+        entry = synthetic_sets(count=1)["ECSSD"][0]
+        Image.fromarray(entry.image).save(tmp_path / "train" / set_name / "images" / "a.png")
+        Image.fromarray(entry.masks[0].astype(np.uint8) * 255).save(tmp_path / "train" / set_name / "masks" / "a.png")
+    torch.manual_seed(0)
+    small = build_network("imagenet")
+    export(small.eval(), tmp_path / "m.onnx", spec_for(small, "test-int8", input_size=64))
+    model = SqueezeSAM(tmp_path / "m.onnx")
+    reader = CalibrationReader(model, tmp_path, count=3, clicks=2)
+    # per object: the saliency pass, then the first click and up to two corrective clicks
+    assert 3 * 2 <= len(reader.feeds) <= 3 * 4
+    assert any(feed["prev_mask"].any() for feed in reader.feeds)
+    assert not reader.feeds[0]["clicks"].any()  # the zero-click pass
+    quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", tmp_path, count=3)
+    int8 = SqueezeSAM(tmp_path / "q.onnx")
+    assert int8.spec.model_version == "test-int8-int8"
+    image = synthetic_sets(count=1)["ECSSD"][0].image
+    a, b = model.predict(image, clicks=[(60, 40, True)]), int8.predict(image, clicks=[(60, 40, True)])
+    assert a.low_res_logits.shape == b.low_res_logits.shape
+    assert np.corrcoef(a.low_res_logits.ravel(), b.low_res_logits.ravel())[0, 1] > 0.9

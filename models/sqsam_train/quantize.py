@@ -2,8 +2,9 @@
 
     python -m sqsam_train.quantize models/weights/squeezesam.onnx /tmp/squeezesam-int8.onnx --data ../shared/data
 
-Calibration inputs are built from *training* images (never eval/) with a simulated click, through
-the runtime's own preprocessing, so activations are calibrated on what serving feeds the model.
+Calibration inputs are recorded from serving passes on *training* images (never eval/): the
+saliency pass and a few simulated clicks through the runtime's own predictor (full and zoom-in
+views, previous mask fed back), so activations are calibrated on what serving feeds the model.
 The contract metadata is copied over. Whether the int8 file ships is decided by measured quality
 and speed (models/README.md).
 """
@@ -20,17 +21,45 @@ from sqsam_core.evaluation import iter_dataset
 
 
 class CalibrationReader:
-    """Feeds ONNX Runtime's calibrator the contract inputs of ``count`` training objects."""
+    """Feeds ONNX Runtime's calibrator the contract inputs of real serving passes.
 
-    def __init__(self, model: SqueezeSAM, data_root: Path, count: int):
-        self.feeds = []
-        for set_name in ("ECSSD", "COCO_MVal", "Human"):
-            for obj in iter_dataset(data_root / "train" / set_name, limit=count // 3):
-                prepared = model.prepare(obj.image)
-                point = geometry.interior_point(obj.gt)
-                clicks = [(point[0], point[1], True)] if point else []
-                self.feeds.append(model._model_inputs(prepared, clicks, None, None))
+    For each of ``count`` training objects: the zero-click (saliency) pass, then up to
+    ``clicks`` passes of the evaluation protocol (first click at the object's interior point,
+    then :func:`geometry.next_click` on the presented mask, previous mask fed back), so the
+    calibration sees full views and zoom-in views, with and without a previous mask.
+    """
+
+    def __init__(self, model: SqueezeSAM, data_root: Path, count: int, clicks: int = 3):
+        self.feeds: list[dict[str, np.ndarray]] = []
+        serve = model.backend
+        model.backend = self._recording(serve)
+        try:
+            for set_name in ("ECSSD", "COCO_MVal", "Human"):
+                for obj in iter_dataset(data_root / "train" / set_name, limit=count // 3):
+                    self._simulate(model, obj, clicks)
+        finally:
+            model.backend = serve
         self._iter = iter(self.feeds)
+
+    def _recording(self, serve):
+        def backend(inputs):
+            self.feeds.append({name: np.array(value) for name, value in inputs.items()})
+            return serve(inputs)
+        return backend
+
+    @staticmethod
+    def _simulate(model: SqueezeSAM, obj, clicks: int) -> None:
+        model.predict(obj.image)
+        point = geometry.interior_point(obj.gt)
+        if point is None:
+            return
+        history, prev = [(point[0], point[1], True)], None
+        for _ in range(clicks):
+            prev = model.predict(obj.image, clicks=history, prev=prev)
+            click = geometry.next_click(prev.mask, obj.gt, obj.ignore)
+            if click is None:
+                return
+            history.append(click)
 
     def get_next(self):
         return next(self._iter, None)

@@ -83,38 +83,68 @@ def refine_mask(logits: np.ndarray, grey: np.ndarray, source_scale: float,
     ``grey``: the image's ``(h, w)`` uint8 grey levels at ``source_scale`` source pixels per
     image pixel (1.0, or less for the downscaled copy kept of a very large image; made once per
     image, :attr:`PreparedImage.grey`). The filter runs on the unsure pixels' tiles
-    (:func:`guided_filter_where`), in source pixels, and its result is resized back.
+    (:func:`guided_filter_where`), in ``grey``'s pixels.
     """
+    if source_scale != 1.0:
+        return _refine_at_guide_scale(logits, grey, settings)
     mask = logits > 0
-    unsure = np.abs(logits) < math.log((1.0 - settings.unsure) / settings.unsure)  # p in (u, 1 - u)
-    rows, cols = np.nonzero(unsure.any(axis=1))[0], np.nonzero(unsure.any(axis=0))[0]
-    if rows.size == 0:
+    unsure = np.abs(logits) < _unsure_logit(settings)
+    bounds = _band_bounds(unsure, 2 * settings.radius + 1)
+    if bounds is None:
         return mask
-    pad = math.ceil((2 * settings.radius + 1) / source_scale)
-    height, width = logits.shape
-    top, bottom = max(0, rows[0] - pad), min(height, rows[-1] + 1 + pad)
-    left, right = max(0, cols[0] - pad), min(width, cols[-1] + 1 + pad)
-    crop = 1.0 / (1.0 + np.exp(-np.clip(logits[top:bottom, left:right], -30.0, 30.0), dtype=np.float32))
-    guide = _guide_window(grey, source_scale, top, bottom, left, right)
+    top, bottom, left, right = bounds
+    crop = _sigmoid(logits[top:bottom, left:right])
+    guide = grey[top:bottom, left:right].astype(np.float32) / 255.0
     window = unsure[top:bottom, left:right]
-    if guide.shape != crop.shape:
-        small = cv2.resize(crop, (guide.shape[1], guide.shape[0]), interpolation=cv2.INTER_AREA)
-        where = cv2.resize(window * np.uint8(255), (guide.shape[1], guide.shape[0]), interpolation=cv2.INTER_AREA) > 0
-        where = cv2.dilate(where.view(np.uint8), np.ones((3, 3), np.uint8)) > 0  # bilinear upsampling reads neighbours
-        filtered = cv2.resize(guided_filter_where(guide, small, where, settings.radius, settings.eps),
-                              (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
-    else:
-        filtered = guided_filter_where(guide, crop, window, settings.radius, settings.eps)
+    filtered = guided_filter_where(guide, crop, window, settings.radius, settings.eps)
     mask[top:bottom, left:right] = np.where(window, filtered > 0.5, mask[top:bottom, left:right])
     return mask
 
 
-def _guide_window(grey: np.ndarray, source_scale: float, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-    """Grey levels in [0, 1] (float32) of image rows ``top:bottom``, columns ``left:right``, read from ``grey``."""
-    if source_scale == 1.0:
-        window = grey[top:bottom, left:right]
-    else:
-        y0, y1 = int(top * source_scale), max(int(top * source_scale) + 1, round(bottom * source_scale))
-        x0, x1 = int(left * source_scale), max(int(left * source_scale) + 1, round(right * source_scale))
-        window = grey[y0:y1, x0:x1]
-    return window.astype(np.float32) / 255.0
+def _refine_at_guide_scale(logits: np.ndarray, grey: np.ndarray, settings: EdgeRefine) -> np.ndarray:
+    """:func:`refine_mask` for a very large image whose guide is a downscaled ``(h, w)`` copy.
+
+    All the work is done at the guide's size: the logits (a smooth bilinear field) are sampled
+    there, filtered in the unsure band, and only the band's bounding box is resized back to
+    ``(H, W)`` and thresholded; outside it the mask is ``logits > 0``. Full-size work is then
+    one threshold and one resize of the box, instead of several passes over ``(H, W)`` floats
+    (12 MP: 184 -> 55 ms on a loaded 2-core machine). Confident pixels are kept at the guide's
+    resolution, which is the resolution the zoom-in views are cut from (``ZOOM_SOURCE_MAX_SIDE``),
+    so no detail the network could have seen is lost.
+    """
+    height, width = logits.shape
+    small = cv2.resize(logits, (grey.shape[1], grey.shape[0]), interpolation=cv2.INTER_LINEAR)
+    unsure = np.abs(small) < _unsure_logit(settings)
+    mask = logits > 0
+    bounds = _band_bounds(unsure, 2 * settings.radius + 2)
+    if bounds is None:
+        return mask
+    top, bottom, left, right = bounds
+    prob = _sigmoid(small[top:bottom, left:right])
+    guide = grey[top:bottom, left:right].astype(np.float32) / 255.0
+    filtered = guided_filter_where(guide, prob, unsure[top:bottom, left:right], settings.radius, settings.eps)
+    ky, kx = height / grey.shape[0], width / grey.shape[1]  # image pixels per guide pixel
+    y0, y1 = round(top * ky), min(height, round(bottom * ky))
+    x0, x1 = round(left * kx), min(width, round(right * kx))
+    big = cv2.resize(filtered, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)  # pixel-centre aligned
+    mask[y0:y1, x0:x1] = big > 0.5
+    return mask
+
+
+def _unsure_logit(settings: EdgeRefine) -> float:
+    """|logit| below which p lies in ``(unsure, 1 - unsure)``."""
+    return math.log((1.0 - settings.unsure) / settings.unsure)
+
+
+def _band_bounds(unsure: np.ndarray, pad: int) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` (exclusive) of the ``True`` pixels grown by ``pad``; None if none."""
+    rows, cols = np.nonzero(unsure.any(axis=1))[0], np.nonzero(unsure.any(axis=0))[0]
+    if rows.size == 0:
+        return None
+    height, width = unsure.shape
+    return (max(0, rows[0] - pad), min(height, rows[-1] + 1 + pad),
+            max(0, cols[0] - pad), min(width, cols[-1] + 1 + pad))
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -30.0, 30.0), dtype=np.float32))

@@ -89,14 +89,11 @@ def refine_mask(logits: np.ndarray, grey: np.ndarray, source_scale: float,
         return _refine_at_guide_scale(logits, grey, settings)
     mask = logits > 0
     unsure = np.abs(logits) < _unsure_logit(settings)
-    bounds = _band_bounds(unsure, 2 * settings.radius + 1)
-    if bounds is None:
+    band = _filter_band(logits, grey, unsure, settings, 2 * settings.radius + 1)
+    if band is None:
         return mask
-    top, bottom, left, right = bounds
-    crop = _sigmoid(logits[top:bottom, left:right])
-    guide = grey[top:bottom, left:right].astype(np.float32) / 255.0
+    (top, bottom, left, right), filtered = band
     window = unsure[top:bottom, left:right]
-    filtered = guided_filter_where(guide, crop, window, settings.radius, settings.eps)
     mask[top:bottom, left:right] = np.where(window, filtered > 0.5, mask[top:bottom, left:right])
     return mask
 
@@ -116,19 +113,33 @@ def _refine_at_guide_scale(logits: np.ndarray, grey: np.ndarray, settings: EdgeR
     small = cv2.resize(logits, (grey.shape[1], grey.shape[0]), interpolation=cv2.INTER_LINEAR)
     unsure = np.abs(small) < _unsure_logit(settings)
     mask = logits > 0
-    bounds = _band_bounds(unsure, 2 * settings.radius + 2)
-    if bounds is None:
+    band = _filter_band(small, grey, unsure, settings, 2 * settings.radius + 2)
+    if band is None:
         return mask
-    top, bottom, left, right = bounds
-    prob = _sigmoid(small[top:bottom, left:right])
-    guide = grey[top:bottom, left:right].astype(np.float32) / 255.0
-    filtered = guided_filter_where(guide, prob, unsure[top:bottom, left:right], settings.radius, settings.eps)
+    (top, bottom, left, right), filtered = band
     ky, kx = height / grey.shape[0], width / grey.shape[1]  # image pixels per guide pixel
     y0, y1 = round(top * ky), min(height, round(bottom * ky))
     x0, x1 = round(left * kx), min(width, round(right * kx))
     big = cv2.resize(filtered, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)  # pixel-centre aligned
     mask[y0:y1, x0:x1] = big > 0.5
     return mask
+
+
+def _filter_band(logits: np.ndarray, grey: np.ndarray, unsure: np.ndarray, settings: EdgeRefine,
+                 pad: int) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """The guided-filtered probability over the ``unsure`` band's box grown by ``pad``.
+
+    ``logits``, ``grey`` (uint8) and ``unsure`` (bool) are ``(h, w)`` planes of one size.
+    Returns ``((top, bottom, left, right), filtered)``, ``filtered`` the box's probability with
+    the ``unsure`` pixels re-fitted (:func:`guided_filter_where`), or None when nothing is unsure.
+    """
+    bounds = _band_bounds(unsure, pad)
+    if bounds is None:
+        return None
+    top, bottom, left, right = bounds
+    prob = _sigmoid(logits[top:bottom, left:right])
+    guide = grey[top:bottom, left:right].astype(np.float32) / 255.0
+    return bounds, guided_filter_where(guide, prob, unsure[top:bottom, left:right], settings.radius, settings.eps)
 
 
 def _unsure_logit(settings: EdgeRefine) -> float:

@@ -284,7 +284,7 @@ def test_int8_variant_is_calibrated_on_serving_passes_and_runs(tmp_path):
     export(small.eval(), tmp_path / "m.onnx", spec_for(small, "test-int8", input_size=64))
     model = SqueezeSAM(tmp_path / "m.onnx")
     reader = CalibrationReader(model, tmp_path, count=3, clicks=2)
-    # per object: the saliency pass, then the first click and up to two corrective clicks
+    # per object: the saliency pass, then the first click and at most one corrective click
     assert 3 * 2 <= len(reader.feeds) <= 3 * 4
     assert any(feed["prev_mask"].any() for feed in reader.feeds)
     assert not reader.feeds[0]["clicks"].any()  # the zero-click pass

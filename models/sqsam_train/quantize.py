@@ -12,20 +12,21 @@ and speed (models/README.md).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from sqsam_core import SqueezeSAM, geometry
-from sqsam_core.evaluation import iter_dataset
+from sqsam_core import SqueezeSAM
+from sqsam_core.evaluation import evaluate_object, iter_dataset
 
 
 class CalibrationReader:
     """Feeds ONNX Runtime's calibrator the contract inputs of real serving passes.
 
     For each of ``count`` training objects: the zero-click (saliency) pass, then up to
-    ``clicks`` passes of the evaluation protocol (first click at the object's interior point,
-    then :func:`geometry.next_click` on the presented mask, previous mask fed back), so the
+    ``clicks`` passes of the evaluation protocol (:func:`~sqsam_core.evaluation.evaluate_object`:
+    :func:`sqsam_core.geometry.next_click` on the presented mask, previous mask fed back), so the
     calibration sees full views and zoom-in views, with and without a previous mask.
     """
 
@@ -49,17 +50,10 @@ class CalibrationReader:
 
     @staticmethod
     def _simulate(model: SqueezeSAM, obj, clicks: int) -> None:
-        model.predict(obj.image)
-        point = geometry.interior_point(obj.gt)
-        if point is None:
-            return
-        history, prev = [(point[0], point[1], True)], None
-        for _ in range(clicks):
-            prev = model.predict(obj.image, clicks=history, prev=prev)
-            click = geometry.next_click(prev.mask, obj.gt, obj.ignore)
-            if click is None:
-                return
-            history.append(click)
+        """The saliency pass, then ``clicks`` clicks of the evaluation protocol on ``obj``."""
+        prepared = model.prepare(obj.image)
+        model.predict(prepared)
+        evaluate_object(model, replace(obj, image=prepared), max_clicks=clicks, zero_click=False)
 
     def get_next(self):
         return next(self._iter, None)

@@ -180,6 +180,14 @@ class View:
         """The window of an image-space ``(H, W, ...)`` array."""
         return array[self.top : self.bottom, self.left : self.right]
 
+    def paste(self, window_mask: np.ndarray) -> np.ndarray:
+        """The window's ``(h, w)`` bool mask -> the ``(H, W)`` image mask, False outside the window."""
+        if self.is_full:
+            return window_mask
+        out = np.zeros((self.image_height, self.image_width), dtype=bool)
+        out[self.top : self.bottom, self.left : self.right] = window_mask
+        return out
+
     def logits_to_image(self, logits: np.ndarray, stride: int, outside: float = -20.0) -> np.ndarray:
         """``(K, s, s)`` (or ``(s, s)``) view logits -> ``(K, H, W)`` image logits.
 

@@ -143,7 +143,8 @@ class Prediction:
 
     def __post_init__(self) -> None:
         if self.mask is None:
-            self.mask = self.view.logits_to_image(self.low_res_logits[self.index], self.stride) > 0
+            logits = geometry.logits_to_image(self.low_res_logits[self.index], self.view.letterbox, self.stride)
+            self.mask = self.view.paste(logits > 0)
 
     @property
     def score(self) -> float:
@@ -314,10 +315,7 @@ class SqueezeSAM:
         scores = np.asarray(iou, dtype=np.float32).reshape(-1)
         index = choose_hypothesis(scores, len(clean_clicks), clean_box is not None)
         low_res = np.asarray(masks[0], dtype=np.float32)
-        mask = None
-        if self.edge_refine is not None and clean_clicks and prepared.grey is not None:
-            logits = view.logits_to_image(low_res[index], self.spec.stride)
-            mask = edges.refine_mask(logits, prepared.grey, prepared.source_scale, self.edge_refine)
+        mask = self._presented_mask(prepared, view, low_res[index], refine=bool(clean_clicks))
         return Prediction(low_res, scores, index, view, self.spec.stride, tuple(clean_clicks), clean_box,
                           prepared.key, mask)
 
@@ -334,6 +332,23 @@ class SqueezeSAM:
         view = geometry.View(full.image_height, full.image_width, full.size, *window)
         gain = view.letterbox.scale / full.letterbox.scale
         return view if gain >= zoom.min_gain else full
+
+    def _presented_mask(self, prepared: PreparedImage, view: geometry.View, logits: np.ndarray,
+                        refine: bool) -> np.ndarray:
+        """``(H, W)`` bool image mask from the presented hypothesis's ``(s, s)`` logits of ``view``.
+
+        Only the view's window is mapped back (and, with ``refine``, edge-refined: passes with
+        clicks); outside it the mask is empty. A very large image's guide is a downscaled copy,
+        so its refinement works over the whole image in the guide's pixels instead.
+        """
+        stride = self.spec.stride
+        if not refine or self.edge_refine is None or prepared.grey is None:
+            return view.paste(geometry.logits_to_image(logits, view.letterbox, stride) > 0)
+        if prepared.source_scale != 1.0:
+            return edges.refine_mask(view.logits_to_image(logits, stride), prepared.grey, prepared.source_scale,
+                                     self.edge_refine)
+        window_logits = geometry.logits_to_image(logits, view.letterbox, stride)
+        return view.paste(edges.refine_mask(window_logits, view.crop(prepared.grey), 1.0, self.edge_refine))
 
     def predict_history(self, image, clicks: Sequence[Sequence], box: Sequence[float] | None = None,
                         cache_key: str | None = None) -> Prediction:

@@ -171,3 +171,22 @@ def test_automask_puts_the_saliency_pass_first_then_clicked_regions_by_score(mod
     found = model.automask(image, max_objects=3)
     assert found[0].clicks == () and found[0].index == 0 and found[0].score == pytest.approx(0.6)
     assert len(found) == 2 and found[1].score == pytest.approx(0.95) and len(found[1].clicks) == 1
+
+
+def test_zoom_in_pass_is_edge_refined_on_its_window_only(fixture_model_path):
+    """Mapping back and edge refinement touch only the zoom-in window, and give the mask that
+    refining the whole image-space logits gives (the echoed disk snaps to a nearby edge)."""
+    from sqsam_core import edges
+    from sqsam_core.predictor import ZoomIn
+
+    image = np.zeros((400, 600, 3), np.uint8)
+    image[:, 332:] = 255  # a vertical edge through the second click's disk
+    model = SqueezeSAM(fixture_model_path, zoom_in=ZoomIn(min_side=100))
+    first = model.predict(image, clicks=[(300, 200, True)])
+    second = model.predict(image, clicks=[(300, 200, True), (330, 210, True)], prev=first)
+    assert not second.view.is_full
+    prepared = model.prepare(image)
+    logits = second.view.logits_to_image(second.low_res_logits[second.index], second.stride)
+    whole_image = edges.refine_mask(logits, prepared.grey, 1.0, model.edge_refine)
+    np.testing.assert_array_equal(second.mask, whole_image)
+    assert (second.mask != (logits > 0)).any()  # the refinement did move the boundary

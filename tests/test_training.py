@@ -295,3 +295,27 @@ def test_int8_variant_is_calibrated_on_serving_passes_and_runs(tmp_path):
     a, b = model.predict(image, clicks=[(60, 40, True)]), int8.predict(image, clicks=[(60, 40, True)])
     assert a.low_res_logits.shape == b.low_res_logits.shape
     assert np.corrcoef(a.low_res_logits.ravel(), b.low_res_logits.ravel())[0, 1] > 0.9
+    # --keep-float: the mask head's convolutions keep float32 weights, the encoder's are int8
+    import onnx
+
+    quantize(tmp_path / "m.onnx", tmp_path / "mixed.onnx", tmp_path, count=3, keep_float=r"^/mask_head/")
+    graph = onnx.load(str(tmp_path / "mixed.onnx")).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    convs = {node.name: node.input[1] in dequantized for node in graph.node if node.op_type == "Conv"}
+    assert [quantized for name, quantized in convs.items() if name.startswith("/mask_head/")] == [False, False]
+    assert convs["/encoder/stem/stem.0/Conv"]
+    c = SqueezeSAM(tmp_path / "mixed.onnx").predict(image, clicks=[(60, 40, True)])
+    assert np.corrcoef(a.low_res_logits.ravel(), c.low_res_logits.ravel())[0, 1] > 0.9
+
+
+def test_set_weights_decide_how_often_each_training_set_is_drawn():
+    sets = {name: [Entry(f"{name}/{i}", e.image, e.masks) for i, e in enumerate(synthetic_sets()["ECSSD"])]
+            for name in ("ECSSD", "COCO_MVal")}
+    rng = np.random.default_rng(3)
+    drawn = [SampleMaker(sets, set_weights={"ECSSD": 0.9, "COCO_MVal": 0.1})._entry(rng).name for _ in range(400)]
+    share = sum(name.startswith("ECSSD/") for name in drawn) / len(drawn)
+    assert 0.85 < share < 0.95
+    assert train.parse_set_weights("ECSSD=0.45,COCO_MVal=0.2,COCO128=0.2,Human=0.15")["ECSSD"] == 0.45
+    for bad in ("ECSSD=0.5", "ECSSD=x,COCO_MVal=1,COCO128=1,Human=1", "ECSSD=0,COCO_MVal=1,COCO128=1,Human=1"):
+        with pytest.raises(Exception, match="SET=WEIGHT|weight > 0"):
+            train.parse_set_weights(bad)

@@ -186,8 +186,10 @@ class SampleMaker:
 
     def __init__(self, sets: dict[str, list[Entry]], crop: int = 256, input_size: int = 320,
                  salient_share: float = 0.12, box_share: float = 0.15, paste_share: float = 0.15,
-                 merge_share: float = 0.15, zoom_share: float = 0.3, zoom_at_serving_scale: bool = False):
+                 merge_share: float = 0.15, zoom_share: float = 0.3, zoom_at_serving_scale: bool = False,
+                 set_weights: dict[str, float] | None = None):
         self.sets = {k: v for k, v in sets.items() if v}
+        self.set_weights = dict(SET_WEIGHTS if set_weights is None else set_weights)
         self.crop, self.input_size = crop, input_size
         self.salient_share, self.box_share = salient_share, box_share
         self.paste_share, self.merge_share = paste_share, merge_share
@@ -195,7 +197,7 @@ class SampleMaker:
 
     def _entry(self, rng: np.random.Generator, names: tuple[str, ...] | None = None) -> Entry:
         names = tuple(n for n in (names or tuple(self.sets)) if n in self.sets)
-        weights = np.array([SET_WEIGHTS[n] for n in names])
+        weights = np.array([self.set_weights[n] for n in names])
         name = names[rng.choice(len(names), p=weights / weights.sum())]
         entries = self.sets[name]
         return entries[rng.integers(len(entries))]

@@ -12,6 +12,7 @@ and speed (models/README.md).
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,18 +63,38 @@ class CalibrationReader:
         self._iter = iter(self.feeds)
 
 
-def quantize(src: Path, dst: Path, data_root: Path, count: int = 48) -> None:
+# Parts kept in float32 by ``--keep-float default``: the stem (RGB meets the prompt maps), the
+# attention block and the two heads, the layers whose precision the masks and scores lean on most.
+SENSITIVE_NODES = r"^/encoder/stem/|^/context/|^/mask_head/|^/iou_head/"
+
+
+def nodes_matching(path: Path, pattern: str | None) -> list[str]:
+    """Names of the graph's nodes matching the regular expression ``pattern`` (none for None)."""
+    import onnx
+
+    if not pattern:
+        return []
+    regex = re.compile(pattern)
+    return [node.name for node in onnx.load(str(path)).graph.node if regex.search(node.name)]
+
+
+def quantize(src: Path, dst: Path, data_root: Path, count: int = 48, keep_float: str | None = None,
+             calibration: str = "minmax") -> None:
+    """Write the int8 model of ``src`` to ``dst``; nodes whose names match ``keep_float`` stay float32."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
     model = SqueezeSAM(src)
     reader = CalibrationReader(model, data_root, count)
     prepped = dst.with_suffix(".pre.onnx")
     quant_pre_process(str(src), str(prepped), skip_symbolic_shape=True)
     quantize_static(str(prepped), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+                    calibrate_method=methods[calibration],
+                    nodes_to_exclude=nodes_matching(prepped, keep_float))
     prepped.unlink()
     out = onnx.load(str(dst))
     del out.metadata_props[:]
@@ -90,8 +111,12 @@ def main(argv=None) -> None:
     p.add_argument("dst", type=Path)
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
     p.add_argument("--count", type=int, default=48)
+    p.add_argument("--keep-float", default=None, metavar="REGEX",
+                   help=f"node names kept in float32; 'default' = {SENSITIVE_NODES!r}")
+    p.add_argument("--calibration", choices=("minmax", "percentile", "entropy"), default="minmax")
     args = p.parse_args(argv)
-    quantize(args.src, args.dst, args.data, args.count)
+    keep = SENSITIVE_NODES if args.keep_float == "default" else args.keep_float
+    quantize(args.src, args.dst, args.data, args.count, keep, args.calibration)
     print(f"wrote {args.dst} ({args.dst.stat().st_size / 1e6:.1f} MB)")
 
 

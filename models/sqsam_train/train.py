@@ -36,13 +36,27 @@ from tqdm import tqdm
 from sqsam_core import geometry
 from sqsam_core.contract import (DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN, DEFAULT_STD, choose_hypothesis,
                                  is_ambiguous_prompt)
-from sqsam_train.data import Sample, SampleMaker, load_training_data, set_name
+from sqsam_train.data import SET_WEIGHTS, Sample, SampleMaker, load_training_data, set_name
 from sqsam_train.network import build_network, read_weights
 
 # Corrective rounds before the gradient pass. v4 adds 12 and 16 so the network also sees the
 # many-click regime NoC@90 is measured in (an evaluation runs up to 20 clicks).
 ROUND_CHOICES = (0, 1, 2, 3, 4, 6, 9, 12, 16)
 ROUND_PROBS = (0.12, 0.17, 0.17, 0.13, 0.1, 0.1, 0.09, 0.06, 0.06)
+
+
+def parse_set_weights(text: str) -> dict[str, float]:
+    """``"ECSSD=0.4,COCO_MVal=0.2,..."`` -> ``{"ECSSD": 0.4, ...}``: every training set, weights > 0."""
+    weights = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not SET=WEIGHT") from None
+    if set(weights) != set(SET_WEIGHTS) or min(weights.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"give a weight > 0 for each of {', '.join(SET_WEIGHTS)}")
+    return weights
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--zoom-at-serving-scale", action="store_true",
                    help="zoom-in samples at the scale serving shows them (view's longer side S, a --crop window "
                         "of it) instead of the whole view shrunk into the window (v1-v6)")
+    p.add_argument("--set-weights", type=parse_set_weights, default=None, metavar="SET=W,...",
+                   help=f"how often each training set is drawn (default {','.join(f'{k}={v}' for k, v in SET_WEIGHTS.items())})")
     p.add_argument("--refine", action="store_true",
                    help="add the stride-1 refinement stage (network.RefineStage; an --init without it starts it as the identity)")
     p.add_argument("--lr", type=float, default=6e-4)
@@ -322,7 +338,8 @@ def main(argv=None) -> None:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     sets = load_training_data(args.data, cache=args.run_dir / "data-cache.pkl")
     maker = SampleMaker({k: v[0] for k, v in sets.items()}, crop=args.crop, input_size=args.input_size,
-                        salient_share=args.salient_share, zoom_at_serving_scale=args.zoom_at_serving_scale)
+                        salient_share=args.salient_share, zoom_at_serving_scale=args.zoom_at_serving_scale,
+                        set_weights=args.set_weights)
 
     net = build_network(pretrained=None if args.init else "imagenet", refine=args.refine).to(device)
     optimizer = make_optimizer(net, args)

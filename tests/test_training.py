@@ -214,6 +214,43 @@ def test_damaged_previous_mask_comes_with_the_click_that_repairs_it():
         assert positive == target[int(y), int(x)]
 
 
+def test_spilled_previous_mask_is_a_large_region_rejected_by_a_negative_click():
+    size = 128
+    target = np.zeros((size, size), bool)
+    target[60:72, 100:112] = True  # a small object (144 px) near the right edge
+    valid = np.ones((size, size), bool)
+    samples = [Sample(np.zeros((size, size, 3), np.uint8), valid, target, [(105.0, 65.0, True)], None, "clicks")
+               for _ in range(10)]
+    clicks = [list(s.clicks) for s in samples]
+    prev = torch.from_numpy(np.tile(target.astype(np.float32), (len(samples), 1, 1, 1)))
+    train.damage_previous_masks(prev, samples, clicks, share=1.0, rng=np.random.default_rng(0), spill_share=1.0)
+    for i in range(10):
+        spilled = prev[i, 0].numpy() > 0.5
+        assert (spilled & target).sum() == target.sum()  # the object stays inside the wrong region
+        assert spilled.sum() >= 10 * target.sum()  # which is many times larger than the object
+        x, y, positive = clicks[i][-1]
+        assert len(clicks[i]) == 2 and not positive and spilled[int(y), int(x)] and not target[int(y), int(x)]
+
+
+def test_spill_share_zero_keeps_the_random_stream():
+    size = 64
+    target = np.zeros((size, size), bool)
+    target[16:48, 12:52] = True
+    valid = np.ones((size, size), bool)
+
+    def damaged_with(**options):
+        samples = [Sample(np.zeros((size, size, 3), np.uint8), valid, target, [(30.0, 30.0, True)], None, "clicks")
+                   for _ in range(6)]
+        clicks = [list(s.clicks) for s in samples]
+        prev = torch.from_numpy(np.tile(target.astype(np.float32), (len(samples), 1, 1, 1)))
+        rng = np.random.default_rng(5)
+        train.damage_previous_masks(prev, samples, clicks, share=0.7, rng=rng, **options)
+        return prev, clicks, rng.random()
+
+    before, after = damaged_with(), damaged_with(spill_share=0.0)
+    assert torch.equal(before[0], after[0]) and before[1] == after[1] and before[2] == after[2]
+
+
 def test_validation_reports_noc90_per_training_set():
     from sqsam_train.validate import noc90_by_set
 

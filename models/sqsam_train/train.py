@@ -11,7 +11,7 @@ network 0-16 times without gradients adding a corrective click each time at the 
 (``sqsam_core.geometry.next_click``, the evaluation rule) and feeding the previous probability
 back (never for zero-prompt samples: the saliency pass has no previous mask at inference);
 with ``--corrupt-share`` some previous masks are then damaged and given the click that repairs
-them (:func:`damage_previous_masks`); then one forward/backward pass. Loss: BCE + Dice on the
+them (:func:`damage_previous_masks`; ``--spill-share`` of them a large spill, :func:`spilled_mask`); then one forward/backward pass. Loss: BCE + Dice on the
 best of the K hypotheses for an ambiguous prompt (``contract.is_ambiguous_prompt``: exactly one click, no box), on hypothesis 0 otherwise,
 the salient object of a zero-prompt sample included (``contract.choose_hypothesis``),
 plus MSE between the IoU head and each hypothesis's true IoU. Options: ``--boundary-weight`` weights
@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--salient-share", type=float, default=0.12, help="share of zero-prompt (salient object) samples")
     p.add_argument("--corrupt-share", type=float, default=0.0,
                    help="share of samples with a previous mask whose mask is damaged before the last click")
+    p.add_argument("--spill-share", type=float, default=0.0,
+                   help="share of the damaged previous masks that are a large spill around the object "
+                        "(train.spilled_mask) instead of a local error")
     p.add_argument("--boundary-weight", type=float, default=0.0,
                    help="extra BCE weight on pixels within BOUNDARY_BAND px of the target's boundary (0: plain BCE)")
     p.add_argument("--coarse-band", type=int, default=0,
@@ -170,17 +173,36 @@ def damaged_mask(mask: np.ndarray, target: np.ndarray, rng: np.random.Generator)
     return np.where(disk, not inside_object, mask)  # drop a part of the object, or spill past it
 
 
+def spilled_mask(target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``target`` ((H, W) bool) plus a spill far larger than the object: the first-click failure on
+    a small object, whose mask takes in a large part of the scene around it.
+
+    The spill is an ellipse with semi-axes of U(0.2, 0.6) x the window's side about a pixel
+    within 15 px of the object, so it covers most or all of the object and a large region beside it.
+    """
+    height, width = target.shape
+    near = cv2.dilate(target.astype(np.uint8), np.ones((31, 31), np.uint8)).astype(bool)
+    ys, xs = np.nonzero(near)
+    pick = rng.integers(len(xs))
+    ry, rx = rng.uniform(0.2, 0.6, size=2) * max(height, width)
+    yy, xx = np.ogrid[:height, :width]
+    return target | (((xx - xs[pick]) / rx) ** 2 + ((yy - ys[pick]) / ry) ** 2 <= 1.0)
+
+
 def damage_previous_masks(prev: torch.Tensor, samples: list[Sample], clicks: list[list], share: float,
-                          rng: np.random.Generator) -> None:
+                          rng: np.random.Generator, spill_share: float = 0.0) -> None:
     """Replace ``share`` of the previous masks ((B, 1, H, W) probabilities, in place) by a damaged
-    copy (:func:`damaged_mask`) and add the corrective click that damage calls for, so the network
-    learns that a click overrules a wrong previous mask over the whole erroneous region."""
+    copy (:func:`damaged_mask`; ``spill_share`` of them :func:`spilled_mask` instead) and add the
+    corrective click that damage calls for, so the network learns that a click overrules a wrong
+    previous mask over the whole erroneous region."""
     if share <= 0:  # draws nothing, so runs without damage keep their random stream
         return
     for i, s in enumerate(samples):
         if s.mode == "salient" or rng.random() >= share:
             continue
-        damaged = damaged_mask(prev[i, 0].numpy() > 0.5, s.target, rng) & s.valid
+        spill = spill_share > 0 and rng.random() < spill_share  # no draw at 0: v5/v6's stream is kept
+        damaged = spilled_mask(s.target, rng) if spill else damaged_mask(prev[i, 0].numpy() > 0.5, s.target, rng)
+        damaged &= s.valid
         if append_next_click(clicks[i], damaged, s):
             prev[i, 0] = torch.from_numpy(damaged.astype(np.float32))
 
@@ -318,7 +340,8 @@ def train_step(net, optimizer, maker: SampleMaker, rng, args, device) -> dict[st
                 add_corrective_clicks(prev, samples, clicks)
                 prev[salient] = 0  # the zero-prompt pass never has a previous mask at inference
         net.train()
-        damage_previous_masks(prev, samples, clicks, args.corrupt_share, rng)  # only where a previous mask exists
+        damage_previous_masks(prev, samples, clicks, args.corrupt_share, rng,  # only where a previous mask exists
+                              args.spill_share)
     click_maps, box_maps = prompt_tensors(samples, clicks, size, args.click_radius)
     logits, iou = net(image, click_maps.to(device), prev.to(device), box_maps.to(device))
     loss, metrics = total_loss(logits.cpu(), iou.cpu(), samples, clicks, size, args.boundary_weight,

@@ -1,6 +1,8 @@
 """The training recipe (needs the [train] extra): network shapes, ImageNet init, one iterative
 training step on synthetic data, checkpoint resume, and export to an ONNX file the runtime runs."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -260,6 +262,46 @@ def test_validation_reports_noc90_per_training_set():
         {"name": "COCO128/c", "ious": [0.5, 0.6, 0.7, 0.8, 0.85]},  # never: max_clicks
     ]}
     assert noc90_by_set(report) == {"COCO128": 5.0, "ECSSD": 2.0}
+
+
+def test_paired_comparison_finds_a_real_change_and_none_in_noise():
+    from sqsam_train.compare import compare, read_validation_lines
+    from sqsam_train.validate import noc90_per_object
+
+    rng = np.random.default_rng(0)
+    base_ious = {f"ECSSD/{i}": list(np.clip(rng.uniform(0.3, 0.8) + 0.05 * np.arange(20), 0, 1)) for i in range(40)}
+    report = {"max_clicks": 20, "per_object": [{"name": n, "ious": v} for n, v in base_ious.items()]}
+    baseline = {"checkpoint": "base", "NoC@90": 0.0, "NoC@90_per_object": noc90_per_object(report)}
+    # one click later on most objects: the IoU curve shifted right by one click
+    slower = {"checkpoint": "slower", "NoC@90_per_object": {
+        n: min(k + (1 if i % 4 else 0), 20) for i, (n, k) in enumerate(baseline["NoC@90_per_object"].items())}}
+    # +-1 click at random: no systematic change
+    shaken = {"checkpoint": "shaken", "NoC@90_per_object": {
+        n: k + int(s) for (n, k), s in zip(baseline["NoC@90_per_object"].items(), rng.choice([-1, 1], 40))}}
+    worse = compare(baseline, slower)
+    assert worse.objects == 40 and worse.worse == 30 and worse.better == 0 and worse.interval[0] > 0
+    noise = compare(baseline, shaken)
+    assert noise.interval[0] < 0 < noise.interval[1] and noise.better + noise.worse == 40
+    assert compare(baseline, baseline).interval == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        compare(baseline, {"NoC@90_per_object": {"COCO128/x": 3}})
+
+
+def test_comparison_reads_only_validation_lines_with_per_object_results(tmp_path, capsys):
+    from sqsam_train.compare import main
+
+    lines = ["dataset ?  model ?  objects 2",
+             json.dumps({"checkpoint": "old", "NoC@90": 5.0}),  # written before per-object results
+             json.dumps({"checkpoint": "a", "NoC@90": 2.0, "NoC@90_per_object": {"x/1": 1, "x/2": 3}}),
+             json.dumps({"checkpoint": "b", "NoC@90": 3.0, "NoC@90_per_object": {"x/1": 2, "x/2": 4}})]
+    both, one = tmp_path / "both.jsonl", tmp_path / "one.jsonl"
+    both.write_text("\n".join(lines))
+    one.write_text("\n".join(lines[:3]))
+    main([str(both)])
+    out = capsys.readouterr().out
+    assert "baseline a: NoC@90 2.00" in out and "b: NoC@90 +1.00 [+1.00, +1.00] over 2 objects" in out and "worse" in out
+    with pytest.raises(SystemExit, match="found 1 such line"):
+        main([str(one)])
 
 
 def test_constant_schedule_holds_the_rate_after_warm_up_and_cosine_decays_it():

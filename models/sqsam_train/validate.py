@@ -7,7 +7,8 @@ for an exported ``.onnx`` file, faster on CPU), so the numbers come from exactly
 pre/post-processing and click protocol that serving and ``sqsam eval`` use. Checkpoints are
 picked on these numbers; ``salient_zero_click_iou`` (the first auto-mask object against every
 held-out ECSSD / Human object) stands in for the zero-click bar, whose eval sets are
-salient-object images too.
+salient-object images too. Each JSON line also carries every object's NoC@90, for the paired
+comparison of two models on the same objects (``sqsam_train.compare``).
 """
 
 from __future__ import annotations
@@ -45,11 +46,16 @@ def salient_zero_click_iou(model: SqueezeSAM, objects: list[EvalObject]) -> floa
     return float(np.mean(ious)) if ious else 0.0
 
 
+def noc90_per_object(report: dict) -> dict[str, int]:
+    """Clicks each held-out object needs to reach 90 % IoU (``max_clicks`` if never), by name."""
+    return {obj["name"]: clicks_to_reach(obj["ious"], 0.9, report["max_clicks"]) for obj in report["per_object"]}
+
+
 def noc90_by_set(report: dict) -> dict[str, float]:
     """NoC@90 of each training set's held-out objects (names are ``<set>/<stem>``)."""
     by_set: dict[str, list[int]] = {}
-    for obj in report["per_object"]:
-        by_set.setdefault(set_name(obj["name"]), []).append(clicks_to_reach(obj["ious"], 0.9, report["max_clicks"]))
+    for name, noc in noc90_per_object(report).items():
+        by_set.setdefault(set_name(name), []).append(noc)
     return {name: round(float(np.mean(nocs)), 2) for name, nocs in sorted(by_set.items())}
 
 
@@ -94,7 +100,8 @@ def main(argv=None) -> None:
                           "zoom": None if args.no_zoom else [zoom.expansion, zoom.min_side],
                           **{k: report[k] for k in ("NoC@85", "NoC@90", "zero_click_iou")},
                           "mIoU@1": report["mIoU@k"][0], "NoC@90_by_set": noc90_by_set(report),
-                          "salient_zero_click_iou": salient_zero_click_iou(model, salient)}), flush=True)
+                          "salient_zero_click_iou": salient_zero_click_iou(model, salient),
+                          "NoC@90_per_object": noc90_per_object(report)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,9 @@
     python -m sqsam_train.compare runs/v6/validation.jsonl runs/v16/validation.jsonl
 
 Reads ``validate``'s JSON lines (files or ``-`` for stdin). The first line is the baseline; every
-later line is compared with it object by object. Two models scored on the same 91 objects differ
-much less than two unrelated 91-object samples would, so the paired interval is the honest
-answer to "is this candidate better?" — narrower than the ~0.1-0.2 run-to-run spread of the mean
-that the model card's rules allow for.
+later line is compared with it object by object, so the interval says whether a change of the
+mean is more than the luck of which objects happened to move (a few objects that flip between
+reaching 90 % and never reaching it move the mean of 91 by 0.1-0.2 each).
 
 Per candidate it prints the mean NoC@90 change (candidate minus baseline: negative is better),
 its 95 % bootstrap interval (``scipy.stats.bootstrap``, BCa, 10,000 resamples over objects) and

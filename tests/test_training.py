@@ -265,7 +265,7 @@ def test_validation_reports_noc90_per_training_set():
 
 
 def test_paired_comparison_finds_a_real_change_and_none_in_noise():
-    from sqsam_train.compare import compare, read_validation_lines
+    from sqsam_train.compare import compare
     from sqsam_train.validate import noc90_per_object
 
     rng = np.random.default_rng(0)

@@ -24,6 +24,7 @@ from sqsam_core.contract import DEFAULT_INPUT_SIZE
 from sqsam_core.edges import EdgeRefine
 from sqsam_core.evaluation import EvalObject, clicks_to_reach, evaluate, format_report, zero_click_iou
 from sqsam_core.predictor import SqueezeSAM, ZoomIn
+from sqsam_train.compare import PER_OBJECT
 from sqsam_train.data import SALIENT_SETS, load_training_data, set_name
 from sqsam_train.export import TorchBackend, load_checkpoint, spec_for
 
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
                           **{k: report[k] for k in ("NoC@85", "NoC@90", "zero_click_iou")},
                           "mIoU@1": report["mIoU@k"][0], "NoC@90_by_set": noc90_by_set(report),
                           "salient_zero_click_iou": salient_zero_click_iou(model, salient),
-                          "NoC@90_per_object": noc90_per_object(report)}), flush=True)
+                          PER_OBJECT: noc90_per_object(report)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,8 @@ def test_training_step_lowers_the_loss_and_resumes_exactly(tmp_path):
     optimizer = train.make_optimizer(net, args)
     maker = SampleMaker(synthetic_sets(), crop=64, input_size=80)
     rng = np.random.default_rng(0)
-    losses = [train.train_step(net, optimizer, maker, rng, args, "cpu")["loss"] for _ in range(12)]
+    losses = [train.train_step(net, optimizer, [maker.sample(rng) for _ in range(4)], rng, args, "cpu")["loss"]
+              for _ in range(12)]
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
     train.save_checkpoint(tmp_path / "last.ckpt", net, optimizer, 12, rng, args)
     state = torch.load(tmp_path / "last.ckpt", weights_only=False)
@@ -308,6 +309,94 @@ def test_constant_schedule_holds_the_rate_after_warm_up_and_cosine_decays_it():
     assert train.learning_rate_factor(0, 1000, 100, "constant") == pytest.approx(0.01)
     assert train.learning_rate_factor(999, 1000, 100, "constant") == 1.0
     assert train.learning_rate_factor(999, 1000, 100, "cosine") == pytest.approx(0.02, abs=1e-3)
+    # --minutes: the cosine follows the share of the time budget spent, not the step count
+    assert train.learning_rate_factor(150, 10**6, 100, "cosine", progress=0.0) == pytest.approx(1.0)
+    assert train.learning_rate_factor(150, 10**6, 100, "cosine", progress=0.5) == pytest.approx(0.51)
+    assert train.learning_rate_factor(150, 10**6, 100, "cosine", progress=1.0) == pytest.approx(0.02)
+
+
+def same_samples(a, b) -> bool:
+    return all(np.array_equal(x.image, y.image) and np.array_equal(x.target, y.target) and x.clicks == y.clicks
+               for x, y in zip(a, b, strict=True))
+
+
+def test_parallel_samples_do_not_depend_on_the_worker_count_and_resume_exactly(tmp_path):
+    import pickle
+
+    cache = tmp_path / "data-cache.pkl"
+    cache.write_bytes(pickle.dumps({name: (entries, []) for name, entries in synthetic_sets().items()}))
+    options = dict(crop=64, input_size=80)
+    one = train.ParallelSamples(cache, options, workers=1, batch=3, seed=5, first_step=0)
+    batches = [one.next_batch() for _ in range(3)]
+    one.close()
+    resumed = train.ParallelSamples(cache, options, workers=2, batch=3, seed=5, first_step=2)  # a resume at step 2
+    assert same_samples(resumed.next_batch(), batches[2])
+    resumed.close()
+    assert not same_samples(batches[0], batches[1])
+
+
+def test_threads_run_the_same_training_step(tmp_path):
+    args = train.parse_args(["--batch", "4", "--crop", "64", "--input-size", "80", "--corrupt-share", "0.5"])
+    maker = SampleMaker(synthetic_sets(), crop=64, input_size=80)
+    samples = [maker.sample(np.random.default_rng(1)) for _ in range(4)]
+    results = []
+    for threads in (None, train.ThreadPoolExecutor(3)):
+        torch.manual_seed(0)
+        net = build_network(pretrained=None)
+        optimizer = train.make_optimizer(net, args)
+        rng = np.random.default_rng(7)
+        results.append([train.train_step(net, optimizer, samples, rng, args, "cpu", threads) for _ in range(3)])
+    for plain, threaded in zip(*results):
+        assert threaded["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+        assert threaded["rounds"] == plain["rounds"]
+
+
+def test_batched_click_rendering_draws_the_pixels_geometry_draws():
+    rng = np.random.default_rng(3)
+    size, radius = 64, 5.0
+    clicks = [[], [(10.0, 10.0, True), (15.0, 10.0, False)],  # a disk edge exactly on a pixel centre
+              [(-3.0, 30.0, True), (63.6, 0.4, False), (70.0, 70.0, True)]]  # partly and wholly outside
+    clicks += [[(float(x), float(y), bool(p)) for x, y, p in zip(rng.uniform(-5, 69, 12), rng.uniform(-5, 69, 12),
+                                                                   rng.integers(0, 2, 12))] for _ in range(5)]
+    expected = np.stack([geometry.click_maps(c, size, radius) for c in clicks])
+    assert np.array_equal(train.click_tensor(clicks, size, radius).numpy(), expected)
+    assert expected[1, 1].sum() > 0 and expected[3].sum() > 0
+
+
+def test_minutes_budget_ends_the_run_and_a_rerun_does_not_train_past_it(tmp_path):
+    import pickle
+
+    sets = {name: (entries, []) for name, entries in synthetic_sets().items()}
+    (tmp_path / "data-cache.pkl").write_bytes(pickle.dumps(sets))
+    argv = ["--run-dir", str(tmp_path), "--batch", "2", "--crop", "64", "--input-size", "80", "--steps", "100000",
+            "--warmup", "2", "--minutes", "0.05", "--workers", "2"]
+    train.main(argv)
+    first = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert 0 < first["step"] < 100000 and first["elapsed"] >= 3.0
+    train.main(argv)  # the budget is spent: no further step
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["step"] == first["step"]
+
+
+def test_pack_keeps_masks_exact_images_close_and_leaves_held_out_entries_behind(tmp_path):
+    import pickle
+
+    from sqsam_train.pack import pack, unpack
+
+    entries = synthetic_sets()["ECSSD"]
+    for e in entries:  # a photo-like smooth background: the noise of synthetic_sets is WebP's worst case
+        e.image[~e.masks[0]] = np.linspace(0, 160, e.image.shape[1], dtype=np.uint8)[None, :, None].repeat(
+            e.image.shape[0], 0)[~e.masks[0]]
+    cache = tmp_path / "cache.pkl"
+    cache.write_bytes(pickle.dumps({"ECSSD": (entries[:4], entries[4:])}))
+    size = pack(tmp_path / "unused", tmp_path / "train.pack", quality=75, cache=cache)
+    assert size < sum(e.image.nbytes for e in entries[:4]) / 4
+    assert unpack(tmp_path / "train.pack", tmp_path / "unpacked.pkl") == 4
+    train_entries, held_out = pickle.loads((tmp_path / "unpacked.pkl").read_bytes())["ECSSD"]
+    assert held_out == [] and [e.name for e in train_entries] == [e.name for e in entries[:4]]
+    for original, copy in zip(entries[:4], train_entries):
+        assert all(np.array_equal(a, b) for a, b in zip(original.masks, copy.masks, strict=True))
+        assert copy.image.shape == original.image.shape
+        assert np.abs(copy.image.astype(int) - original.image).mean() < 3
 
 
 def test_averaged_checkpoint_is_the_mean_of_the_weights_and_loads_for_export(tmp_path):

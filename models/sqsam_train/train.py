@@ -16,6 +16,10 @@ best of the K hypotheses for an ambiguous prompt (``contract.is_ambiguous_prompt
 the salient object of a zero-prompt sample included (``contract.choose_hypothesis``),
 plus MSE between the IoU head and each hypothesis's true IoU. Options: ``--boundary-weight`` weights
 a band around every target's boundary up; ``--coarse-band`` ignores one on sets with coarse masks.
+
+On a GPU: ``--workers N`` draws samples in N processes and runs the rounds' per-sample work on N
+threads (:class:`ParallelSamples`); ``--minutes M`` runs the cosine over M minutes of wall clock and
+stops there; ``sqsam_train.pack`` carries the training split to a machine without the data.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing as mp
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -95,6 +101,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--stop-after-minutes", type=float, default=None, help="exit cleanly (with a checkpoint) after this long")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes drawing samples and threads running the corrective-click rounds' per-sample "
+                        "work (0: all in the main process, v1-v17's exact random stream); for GPU machines")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="a wall-clock budget: the cosine runs over this many minutes of training instead of "
+                        "--steps, and the run ends when they are spent (a fixed-time run on a lent GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", type=Path, default=None, help="start from these weights (a .ckpt) instead of ImageNet")
     return p.parse_args(argv)
@@ -105,21 +117,46 @@ def parse_args(argv=None) -> argparse.Namespace:
 # --------------------------------------------------------------------------------------------
 
 
-def prompt_tensors(samples: list[Sample], clicks: list[list], size: int, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 2, size, size) click maps and (B, 1, size, size) box maps, via the shared geometry module."""
-    click_maps = np.stack([geometry.click_maps(c, size, radius) for c in clicks])
-    box_maps = np.stack([geometry.box_map(s.box, size) for s in samples])
-    return torch.from_numpy(click_maps), torch.from_numpy(box_maps)
+def map_samples(fn, items, threads: ThreadPoolExecutor | None = None) -> list:
+    """``[fn(x) for x in items]``, on ``threads`` when given (the per-sample work is numpy/OpenCV,
+    which releases the GIL); the results are the same either way."""
+    return list(threads.map(fn, items)) if threads is not None else [fn(x) for x in items]
 
 
-def image_tensor(samples: list[Sample]) -> torch.Tensor:
+def click_tensor(clicks: list[list], size: int, radius: float, device="cpu") -> torch.Tensor:
+    """(B, 2, size, size) float32 [positive, negative] click disks rendered on ``device`` in one
+    batched pass: ``geometry.click_maps`` for every sample (the same float64 test on integer pixel
+    centres, so the same pixels; tests compare the two), without a per-click Python loop on the
+    CPU, which bounds a GPU step. ``clicks`` are (x, y, positive) in model pixels."""
+    batch, longest = len(clicks), max((len(c) for c in clicks), default=0)
+    maps = torch.zeros(batch, 2, size, size, dtype=torch.bool, device=device)
+    if longest == 0:
+        return maps.float()
+    table = torch.full((batch, longest, 3), float("nan"), dtype=torch.float64)  # NaN: no click, never inside
+    for i, sample_clicks in enumerate(clicks):
+        if sample_clicks:
+            table[i, : len(sample_clicks)] = torch.tensor(sample_clicks, dtype=torch.float64)
+    table = table.to(device)
+    pixels = torch.arange(size, dtype=torch.float64, device=device)
+    r2 = float(radius) * float(radius)
+    for n in range(longest):
+        x, y, positive = (table[:, n, k, None, None] for k in range(3))
+        disk = (pixels[None, None, :] - x) ** 2 + (pixels[None, :, None] - y) ** 2 <= r2  # (B, size, size)
+        maps[:, 0] |= disk & (positive == 1)
+        maps[:, 1] |= disk & (positive == 0)
+    return maps.float()
+
+
+def normalized_image(sample: Sample) -> np.ndarray:
+    """(3, crop, crop) float32 normalised image, exact zeros on padding as at inference."""
+    chw = geometry.normalize_image(sample.image, DEFAULT_MEAN, DEFAULT_STD)
+    chw[:, ~sample.valid] = 0
+    return chw
+
+
+def image_tensor(samples: list[Sample], threads: ThreadPoolExecutor | None = None) -> torch.Tensor:
     """(B, 3, crop, crop) normalised images, exact zeros on padding as at inference."""
-    arrays = []
-    for s in samples:
-        chw = geometry.normalize_image(s.image, DEFAULT_MEAN, DEFAULT_STD)
-        chw[:, ~s.valid] = 0
-        arrays.append(chw)
-    return torch.from_numpy(np.stack(arrays))
+    return torch.from_numpy(np.stack(map_samples(normalized_image, samples, threads)))
 
 
 def upsample(logits: torch.Tensor, size: int) -> torch.Tensor:
@@ -128,16 +165,21 @@ def upsample(logits: torch.Tensor, size: int) -> torch.Tensor:
 
 def chosen_probability(logits: torch.Tensor, iou: torch.Tensor, clicks: list[list], samples: list[Sample], size: int) -> torch.Tensor:
     """(B, 1, size, size) probability of the hypothesis the runtime would present."""
+    iou = iou.cpu()
     picks = [choose_hypothesis(iou[i].numpy(), len(clicks[i]), samples[i].box is not None) for i in range(len(samples))]
     chosen = logits[torch.arange(len(samples)), picks][:, None]
     return torch.sigmoid(upsample(chosen, size))
 
 
-def add_corrective_clicks(prob: torch.Tensor, samples: list[Sample], clicks: list[list]) -> None:
-    """Append the RITM next click (evaluation rule) for every sample whose prediction has errors."""
-    for i, s in enumerate(samples):
-        if s.mode != "salient":
-            append_next_click(clicks[i], prob[i, 0].numpy() > 0.5, s)
+def add_corrective_clicks(prob: torch.Tensor, samples: list[Sample], clicks: list[list],
+                          threads: ThreadPoolExecutor | None = None) -> None:
+    """Append the RITM next click (evaluation rule) for every sample whose prediction has errors.
+    ``prob`` is (B, 1, H, W) on the CPU; each sample's list in ``clicks`` is touched by one thread only."""
+    def correct(i: int) -> None:
+        if samples[i].mode != "salient":
+            append_next_click(clicks[i], prob[i, 0].numpy() > 0.5, samples[i])
+
+    map_samples(correct, range(len(samples)), threads)
 
 
 def append_next_click(clicks: list, pred: np.ndarray, sample: Sample) -> bool:
@@ -232,7 +274,8 @@ def loss_valid(samples: list[Sample], valid: torch.Tensor, target: torch.Tensor,
     of samples from COARSE_MASK_SETS (``coarse_band`` 0: ``valid`` unchanged)."""
     if not coarse_band:
         return valid
-    coarse = torch.tensor([set_name(s.source) in COARSE_MASK_SETS for s in samples], dtype=valid.dtype)
+    coarse = torch.tensor([set_name(s.source) in COARSE_MASK_SETS for s in samples], dtype=valid.dtype,
+                          device=valid.device)
     return valid * (1 - coarse[:, None, None, None] * boundary_band(target, coarse_band))
 
 
@@ -265,10 +308,11 @@ def true_iou(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
 def total_loss(logits, iou_pred, samples, clicks, size, boundary_weight: float = 0.0,
                coarse_band: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
     full = upsample(logits, size)
-    target = torch.from_numpy(np.stack([s.target for s in samples])[:, None].astype(np.float32))
-    valid = torch.from_numpy(np.stack([s.valid for s in samples])[:, None].astype(np.float32))
+    target = torch.from_numpy(np.stack([s.target for s in samples])[:, None].astype(np.float32)).to(logits.device)
+    valid = torch.from_numpy(np.stack([s.valid for s in samples])[:, None].astype(np.float32)).to(logits.device)
     per_mask = mask_losses(full, target, loss_valid(samples, valid, target, coarse_band), boundary_weight)  # (B, K)
-    ambiguous = torch.tensor([is_ambiguous_prompt(len(c), s.box is not None) for c, s in zip(clicks, samples)])
+    ambiguous = torch.tensor([is_ambiguous_prompt(len(c), s.box is not None) for c, s in zip(clicks, samples)],
+                             device=logits.device)
     chosen = torch.where(ambiguous, per_mask.min(dim=1).values, per_mask[:, 0])
     iou_target = true_iou(full, target, valid)
     iou_loss = F.mse_loss(iou_pred, iou_target)
@@ -282,7 +326,9 @@ def total_loss(logits, iou_pred, samples, clicks, size, boundary_weight: float =
 # --------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, net, optimizer, step: int, rng: np.random.Generator, args) -> None:
+def save_checkpoint(path: Path, net, optimizer, step: int, rng: np.random.Generator, args,
+                    elapsed: float = 0.0) -> None:
+    """Everything an exact resume needs; ``elapsed``: seconds of training so far (the --minutes clock)."""
     state = {
         "net": net.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -290,6 +336,7 @@ def save_checkpoint(path: Path, net, optimizer, step: int, rng: np.random.Genera
         "numpy_rng": rng.bit_generator.state,
         "python_rng": random.getstate(),
         "torch_rng": torch.get_rng_state(),
+        "elapsed": elapsed,
         "args": {k: str(v) for k, v in vars(args).items()},
     }
     tmp = path.with_suffix(".tmp")
@@ -297,13 +344,17 @@ def save_checkpoint(path: Path, net, optimizer, step: int, rng: np.random.Genera
     tmp.replace(path)
 
 
-def learning_rate_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
-    """Multiplier of the base learning rate at ``step``: linear warm-up, then cosine or constant."""
+def learning_rate_factor(step: int, total: int, warmup: int, schedule: str = "cosine",
+                         progress: float | None = None) -> float:
+    """Multiplier of the base learning rate at ``step``: linear warm-up, then cosine or constant.
+    The cosine's position is ``(step - warmup) / (total - warmup)`` unless ``progress`` (0-1, the
+    share of a ``--minutes`` budget spent) is given."""
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
+    if progress is None:
+        progress = (step - warmup) / max(1, total - warmup)
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -322,30 +373,76 @@ def make_optimizer(net, args) -> torch.optim.Optimizer:
 # --------------------------------------------------------------------------------------------
 
 
-def train_step(net, optimizer, maker: SampleMaker, rng, args, device) -> dict[str, float]:
-    samples = [maker.sample(rng) for _ in range(args.batch)]
+_WORKER_MAKER: SampleMaker | None = None  # a sample worker's own SampleMaker (ParallelSamples)
+
+
+def _start_sample_worker(cache: Path, maker_options: dict) -> None:
+    global _WORKER_MAKER
+    cv2.setNumThreads(1)
+    sets = load_training_data(Path("."), cache=cache)
+    _WORKER_MAKER = SampleMaker({k: v[0] for k, v in sets.items()}, **maker_options)
+
+
+def _sample_with_seed(seed: tuple[int, int, int]) -> Sample:
+    return _WORKER_MAKER.sample(np.random.default_rng(seed))
+
+
+class ParallelSamples:
+    """Batches of samples drawn by ``workers`` processes, ``ahead`` batches in flight.
+
+    Each worker is a fresh (spawned) process that loads the data cache ``cache`` and builds its
+    own ``SampleMaker(**maker_options)``: a forked one can deadlock on thread pools (OpenMP,
+    OpenCV) the parent had running. Sample ``j`` of step ``t`` is drawn with its own generator
+    seeded ``(seed, t, j)``, so the stream does not depend on the number of workers and a resumed
+    run continues it exactly (it differs from the ``--workers 0`` stream, which draws every sample
+    from the one ``rng``).
+    """
+
+    def __init__(self, cache: Path, maker_options: dict, workers: int, batch: int, seed: int, first_step: int,
+                 ahead: int = 3):
+        self.pool = mp.get_context("spawn").Pool(workers, initializer=_start_sample_worker,
+                                                  initargs=(cache, maker_options))
+        self.batch, self.seed, self.next_step = batch, seed, first_step
+        self.pending = [self._submit() for _ in range(ahead)]
+
+    def _submit(self):
+        seeds = [(self.seed, self.next_step, j) for j in range(self.batch)]
+        self.next_step += 1
+        return self.pool.map_async(_sample_with_seed, seeds)
+
+    def next_batch(self) -> list[Sample]:
+        ready = self.pending.pop(0).get()
+        self.pending.append(self._submit())
+        return ready
+
+    def close(self) -> None:
+        self.pool.terminate()
+
+
+def train_step(net, optimizer, samples: list[Sample], rng, args, device,
+               threads: ThreadPoolExecutor | None = None) -> dict[str, float]:
     clicks = [list(s.clicks) for s in samples]
     size = args.crop
     prev = torch.zeros(len(samples), 1, size, size)
-    image = image_tensor(samples).to(device)
+    image = image_tensor(samples, threads).to(device)
+    box_maps = torch.from_numpy(np.stack([geometry.box_map(s.box, size) for s in samples])).to(device)
     rounds = int(rng.choice(ROUND_CHOICES, p=ROUND_PROBS))
     salient = torch.tensor([s.mode == "salient" for s in samples])
     if rounds:
         net.eval()
         with torch.no_grad():
             for _ in range(rounds):
-                click_maps, box_maps = prompt_tensors(samples, clicks, size, args.click_radius)
-                logits, iou = net(image, click_maps.to(device), prev.to(device), box_maps.to(device))
-                prev = chosen_probability(logits.cpu(), iou.cpu(), clicks, samples, size)
-                add_corrective_clicks(prev, samples, clicks)
+                click_maps = click_tensor(clicks, size, args.click_radius, device)
+                logits, iou = net(image, click_maps, prev.to(device), box_maps)
+                prev = chosen_probability(logits, iou, clicks, samples, size).cpu()
+                add_corrective_clicks(prev, samples, clicks, threads)
                 prev[salient] = 0  # the zero-prompt pass never has a previous mask at inference
         net.train()
         damage_previous_masks(prev, samples, clicks, args.corrupt_share, rng,  # only where a previous mask exists
                               args.spill_share)
-    click_maps, box_maps = prompt_tensors(samples, clicks, size, args.click_radius)
-    logits, iou = net(image, click_maps.to(device), prev.to(device), box_maps.to(device))
-    loss, metrics = total_loss(logits.cpu(), iou.cpu(), samples, clicks, size, args.boundary_weight,
-                                args.coarse_band)
+    click_maps = click_tensor(clicks, size, args.click_radius, device)
+    logits, iou = net(image, click_maps, prev.to(device), box_maps)
+    loss, metrics = total_loss(logits, iou, samples, clicks, size, args.boundary_weight, args.coarse_band)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), 2.0)
@@ -357,43 +454,57 @@ def train_step(net, optimizer, maker: SampleMaker, rng, args, device) -> dict[st
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    sets = load_training_data(args.data, cache=args.run_dir / "data-cache.pkl")
-    maker = SampleMaker({k: v[0] for k, v in sets.items()}, crop=args.crop, input_size=args.input_size,
-                        salient_share=args.salient_share, zoom_at_serving_scale=args.zoom_at_serving_scale,
-                        set_weights=args.set_weights)
+    cache = args.run_dir / "data-cache.pkl"
+    sets = load_training_data(args.data, cache=cache)
+    maker_options = dict(crop=args.crop, input_size=args.input_size, salient_share=args.salient_share,
+                         zoom_at_serving_scale=args.zoom_at_serving_scale, set_weights=args.set_weights)
+    maker = SampleMaker({k: v[0] for k, v in sets.items()}, **maker_options)
+    last = args.run_dir / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False) if last.exists() else None
+    step = state["step"] if state else 0
+    # None: samples are drawn in this process from ``rng`` (v1-v17).
+    sampler = ParallelSamples(cache, maker_options, args.workers, args.batch, args.seed, step) if args.workers else None
+    threads = ThreadPoolExecutor(args.workers) if args.workers else None
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True
     net = build_network(pretrained=None if args.init else "imagenet", refine=args.refine).to(device)
     optimizer = make_optimizer(net, args)
     rng = np.random.default_rng(args.seed)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    step = 0
-    last = args.run_dir / "last.ckpt"
-    if last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
+    elapsed_before = 0.0
+    if state:
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
         rng.bit_generator.state = state["numpy_rng"]
         random.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
+        elapsed_before = state.get("elapsed", 0.0)
         print(f"resumed from {last} at step {step}")
     elif args.init:
         net.load_weights(read_weights(args.init, map_location=device))
 
     started = time.time()
     last_save = time.time()
+    budget = args.minutes * 60 if args.minutes else None
     log = (args.run_dir / "log.jsonl").open("a")
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=10)
     running: dict[str, float] = {}
     while step < args.steps:
-        factor = learning_rate_factor(step, args.steps, args.warmup, args.schedule)
+        elapsed = elapsed_before + time.time() - started
+        if budget is not None and elapsed >= budget:
+            print(f"the {args.minutes}-minute budget is spent at step {step}")
+            break
+        factor = learning_rate_factor(step, args.steps, args.warmup, args.schedule,
+                                      progress=elapsed / budget if budget else None)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        metrics = train_step(net, optimizer, maker, rng, args, device)
+        samples = sampler.next_batch() if sampler else [maker.sample(rng) for _ in range(args.batch)]
+        metrics = train_step(net, optimizer, samples, rng, args, device, threads)
         step += 1
+        elapsed = elapsed_before + time.time() - started
         for k, v in metrics.items():
             running[k] = 0.98 * running.get(k, v) + 0.02 * v
         bar.update(1)
@@ -403,15 +514,17 @@ def main(argv=None) -> None:
             log.flush()
         out_of_time = args.stop_after_minutes is not None and time.time() - started > args.stop_after_minutes * 60
         if time.time() - last_save > args.ckpt_minutes * 60 or step == args.steps or out_of_time:
-            save_checkpoint(last, net, optimizer, step, rng, args)
+            save_checkpoint(last, net, optimizer, step, rng, args, elapsed)
             last_save = time.time()
         if step % args.save_every == 0:
-            save_checkpoint(args.run_dir / f"step{step:06d}.ckpt", net, optimizer, step, rng, args)
+            save_checkpoint(args.run_dir / f"step{step:06d}.ckpt", net, optimizer, step, rng, args, elapsed)
         if out_of_time:
             print(f"stopping after {args.stop_after_minutes} minutes at step {step}")
             break
-    save_checkpoint(last, net, optimizer, step, rng, args)
+    save_checkpoint(last, net, optimizer, step, rng, args, elapsed_before + time.time() - started)
     bar.close()
+    if sampler:
+        sampler.close()
 
 
 if __name__ == "__main__":

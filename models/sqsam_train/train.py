@@ -421,22 +421,22 @@ def train_step(net, optimizer, samples: list[Sample], rng, args, device,
     box_maps = torch.from_numpy(np.stack([geometry.box_map(s.box, size) for s in samples])).to(device)
     rounds = int(rng.choice(ROUND_CHOICES, p=ROUND_PROBS))
     salient = torch.tensor([s.mode == "salient" for s in samples])
-    on_gpu = torch.device(device).type == "cuda" if batched_rule is None else batched_rule
-    if rounds and on_gpu:
-        target = torch.from_numpy(np.stack([s.target for s in samples])).to(device)
-        valid = torch.from_numpy(np.stack([s.valid for s in samples])).to(device)
+    if batched_rule is None:
+        batched_rule = torch.device(device).type == "cuda"
     if rounds:
+        if batched_rule:
+            target = torch.from_numpy(np.stack([s.target for s in samples])).to(device)
+            valid = torch.from_numpy(np.stack([s.valid for s in samples])).to(device)
         net.eval()
         with torch.no_grad():
             for _ in range(rounds):
                 click_maps = click_tensor(clicks, size, args.click_radius, device)
                 logits, iou = net(image, click_maps, prev.to(device), box_maps)
                 prob = chosen_probability(logits, iou, clicks, samples, size)
-                if on_gpu:
+                prev = prob.cpu()
+                if batched_rule:
                     add_corrective_clicks_batched(prob, samples, clicks, target, valid)
-                    prev = prob.cpu()
                 else:
-                    prev = prob.cpu()
                     add_corrective_clicks(prev, samples, clicks, threads)
                 prev[salient] = 0  # the zero-prompt pass never has a previous mask at inference
         net.train()
@@ -491,11 +491,16 @@ def main(argv=None) -> None:
     started = time.time()
     last_save = time.time()
     budget = args.minutes * 60 if args.minutes else None
+    batched_rule = {"auto": None, "device": True, "cpu": False}[args.click_rule]
+
+    def elapsed_total() -> float:  # seconds of training, earlier sessions of this run included
+        return elapsed_before + time.time() - started
+
     log = (args.run_dir / "log.jsonl").open("a")
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=10)
     running: dict[str, float] = {}
     while step < args.steps:
-        elapsed = elapsed_before + time.time() - started
+        elapsed = elapsed_total()
         if budget is not None and elapsed >= budget:
             print(f"the {args.minutes}-minute budget is spent at step {step}")
             break
@@ -504,10 +509,9 @@ def main(argv=None) -> None:
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         samples = sampler.next_batch() if sampler else [maker.sample(rng) for _ in range(args.batch)]
-        metrics = train_step(net, optimizer, samples, rng, args, device, threads,
-                             batched_rule={"auto": None, "device": True, "cpu": False}[args.click_rule])
+        metrics = train_step(net, optimizer, samples, rng, args, device, threads, batched_rule)
         step += 1
-        elapsed = elapsed_before + time.time() - started
+        elapsed = elapsed_total()
         for k, v in metrics.items():
             running[k] = 0.98 * running.get(k, v) + 0.02 * v
         bar.update(1)
@@ -524,10 +528,11 @@ def main(argv=None) -> None:
         if out_of_time:
             print(f"stopping after {args.stop_after_minutes} minutes at step {step}")
             break
-    save_checkpoint(last, net, optimizer, step, rng, args, elapsed_before + time.time() - started)
+    save_checkpoint(last, net, optimizer, step, rng, args, elapsed_total())
     bar.close()
     if sampler:
         sampler.close()
+        threads.shutdown()
 
 
 if __name__ == "__main__":

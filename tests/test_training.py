@@ -2,7 +2,13 @@
 training step on synthetic data, checkpoint resume, and export to an ONNX file the runtime runs."""
 
 import json
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -531,3 +537,35 @@ def test_set_weights_decide_how_often_each_training_set_is_drawn():
     for bad in ("ECSSD=0.5", "ECSSD=x,COCO_MVal=1,COCO128=1,Human=1", "ECSSD=0,COCO_MVal=1,COCO128=1,Human=1"):
         with pytest.raises(Exception, match="SET=WEIGHT|weight > 0"):
             train.parse_set_weights(bad)
+
+
+def test_click_rule_timing_reports_agreement_with_the_geometry_rule():
+    report = batched_clicks.time_click_rules(batch=3, size=48, repeats=1)
+    assert report["same_click"] == 3
+    assert report["batched_ms"] > 0 and report["cpu_serial_ms"] > 0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_to_the_process_group_ends_training_after_the_step_with_a_checkpoint(tmp_path, workers):
+    """As `timeout` or Ctrl-C do: the whole process group gets the signal, sample workers included."""
+    sets = {name: (entries, []) for name, entries in synthetic_sets().items()}
+    (tmp_path / "data-cache.pkl").write_bytes(pickle.dumps(sets))
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), str(repo / "models")])}
+    command = [sys.executable, "-m", "sqsam_train.train", "--run-dir", str(tmp_path), "--batch", "2", "--crop", "64",
+               "--input-size", "80", "--steps", "100000", "--warmup", "2", "--ckpt-minutes", "100", "--workers", str(workers)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    log = tmp_path / "log.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and log.read_text().strip()) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()[0]
+        os.killpg(process.pid, signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    step = torch.load(tmp_path / "last.ckpt", weights_only=False)["step"]
+    assert 20 <= step < 100000 and f"terminated: stopping at step {step}" in output

@@ -103,3 +103,56 @@ def next_clicks(pred: torch.Tensor, gt: torch.Tensor, ignore: torch.Tensor | Non
     none = ((fn_depth < 0) & (fp_depth < 0)).tolist()
     return [None if none[i] else (float(click_x[i]), float(click_y[i]), bool(p))
             for i, p in enumerate(positive.tolist())]
+
+
+def time_click_rules(batch: int, size: int, device: str = "cpu", repeats: int = 5, seed: int = 0) -> dict:
+    """Time the corrective-click rule on ``batch`` shifted-ellipse error masks of ``size x size``:
+    ``geometry.next_click`` one sample at a time (plain and on 4 threads, as ``train --click-rule
+    cpu``) against :func:`next_clicks` on ``device`` (median of ``repeats`` after a warm-up).
+    Returns milliseconds and how many of the batch's clicks the two rules agree on."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from sqsam_core import geometry
+
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    gt = np.stack([((cols - rng.uniform(0.3, 0.7) * size) / (rng.uniform(0.1, 0.3) * size)) ** 2
+                   + ((rows - rng.uniform(0.3, 0.7) * size) / (rng.uniform(0.1, 0.3) * size)) ** 2 < 1
+                   for _ in range(batch)])
+    pred = np.stack([np.roll(g, tuple(rng.integers(-15, 16, 2)), (0, 1)) for g in gt])
+
+    def clock(fn):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out, (time.perf_counter() - start) * 1e3
+
+    expected, serial_ms = clock(lambda: [geometry.next_click(p, g) for p, g in zip(pred, gt)])
+    with ThreadPoolExecutor(4) as pool:
+        _, threaded_ms = clock(lambda: list(pool.map(lambda pg: geometry.next_click(*pg), zip(pred, gt))))
+    pred_t, gt_t = torch.from_numpy(pred).to(device), torch.from_numpy(gt).to(device)
+    next_clicks(pred_t, gt_t)  # warm-up
+    runs = [clock(lambda: next_clicks(pred_t, gt_t)) for _ in range(repeats)]
+    same = sum(None not in (a, b) and (int(a[0]), int(a[1]), a[2]) == (int(b[0]), int(b[1]), b[2])
+               for a, b in zip(expected, runs[-1][0]))
+    return {"batch": batch, "size": size, "device": device, "cpu_serial_ms": round(serial_ms, 1),
+            "cpu_4_threads_ms": round(threaded_ms, 1),
+            "batched_ms": round(float(np.median([ms for _, ms in runs])), 1), "same_click": same}
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="time the corrective-click rule: per sample on the CPU vs batched")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", type=int, default=320, help="mask side, model pixels")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    print(json.dumps(time_click_rules(args.batch, args.size, args.device)))

@@ -3,8 +3,9 @@
     python -m sqsam_train.train --data ../shared/data --run-dir runs/v1 --steps 6000
 
 Every ``--ckpt-minutes`` it writes ``RUN_DIR/last.ckpt`` (weights, optimiser, schedule, step and
-every RNG state), so re-running the same command continues exactly where it stopped. Metrics go
-to ``RUN_DIR/log.jsonl`` and a progress bar.
+every RNG state), so re-running the same command continues exactly where it stopped; SIGTERM ends
+the run after the current step with a checkpoint. Metrics go to ``RUN_DIR/log.jsonl`` (with the
+seconds each step waited for samples, ``data_s``, and spent on itself, ``step_s``) and a progress bar.
 
 Per step (RITM-style iterative training): draw a batch of samples (data.SampleMaker), run the
 network 0-16 times without gradients adding a corrective click each time at the error region
@@ -30,7 +31,10 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import os
 import random
+import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -369,6 +373,10 @@ _WORKER_MAKER: SampleMaker | None = None  # a sample worker's own SampleMaker (P
 
 def _start_sample_worker(cache: Path, maker_options: dict) -> None:
     global _WORKER_MAKER
+    # Out of the parent's process group: a signal to the whole group (Ctrl-C, `timeout`) must reach
+    # the parent only, which then closes the pool. A worker killed while it holds the pool's task
+    # queue lock deadlocks `Pool.terminate`. Orphaned workers still exit: their queue's pipe closes.
+    os.setpgrp()
     cv2.setNumThreads(1)
     sets = load_training_data(Path("."), cache=cache)
     _WORKER_MAKER = SampleMaker({k: v[0] for k, v in sets.items()}, **maker_options)
@@ -496,6 +504,10 @@ def main(argv=None) -> None:
     def elapsed_total() -> float:  # seconds of training, earlier sessions of this run included
         return elapsed_before + time.time() - started
 
+    # SIGTERM (a lease's deadline, `timeout`, a scheduler) ends the run after the current step,
+    # with a checkpoint, instead of losing the work since the last one.
+    terminated = threading.Event()
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: terminated.set())
     log = (args.run_dir / "log.jsonl").open("a")
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=10)
     running: dict[str, float] = {}
@@ -508,8 +520,13 @@ def main(argv=None) -> None:
                                       progress=elapsed / budget if budget else None)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
+        before_data = time.perf_counter()
         samples = sampler.next_batch() if sampler else [maker.sample(rng) for _ in range(args.batch)]
+        before_step = time.perf_counter()
         metrics = train_step(net, optimizer, samples, rng, args, device, threads, batched_rule)
+        # where a step's time goes: waiting for (or making) samples vs the step itself
+        metrics["data_s"] = before_step - before_data
+        metrics["step_s"] = time.perf_counter() - before_step
         step += 1
         elapsed = elapsed_total()
         for k, v in metrics.items():
@@ -528,7 +545,11 @@ def main(argv=None) -> None:
         if out_of_time:
             print(f"stopping after {args.stop_after_minutes} minutes at step {step}")
             break
+        if terminated.is_set():
+            print(f"terminated: stopping at step {step}")
+            break
     save_checkpoint(last, net, optimizer, step, rng, args, elapsed_total())
+    signal.signal(signal.SIGTERM, previous_handler)
     bar.close()
     if sampler:
         sampler.close()

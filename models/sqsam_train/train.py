@@ -441,12 +441,14 @@ def train_step(net, optimizer, samples: list[Sample], rng, args, device,
                 click_maps = click_tensor(clicks, size, args.click_radius, device)
                 logits, iou = net(image, click_maps, prev.to(device), box_maps)
                 prob = chosen_probability(logits, iou, clicks, samples, size)
-                prev = prob.cpu()
-                if batched_rule:
+                if batched_rule:  # the previous mask stays on the device between rounds
+                    prev = prob
                     add_corrective_clicks_batched(prob, samples, clicks, target, valid)
                 else:
+                    prev = prob.cpu()
                     add_corrective_clicks(prev, samples, clicks, threads)
-                prev[salient] = 0  # the zero-prompt pass never has a previous mask at inference
+                prev[salient.to(prev.device)] = 0  # the zero-prompt pass never has a previous mask at inference
+        prev = prev.cpu()
         net.train()
         damage_previous_masks(prev, samples, clicks, args.corrupt_share, rng,  # only where a previous mask exists
                               args.spill_share)

@@ -9,7 +9,7 @@
 # It times the corrective-click rule (CPU vs batched on the GPU), unpacks the data, trains
 # `sqsam_train.train --run-dir runs/RUN TRAIN_ARGS...` (checkpoint every 30 s) until the run's
 # own --minutes budget ends or DEADLINE_S seconds after this script started, whichever is first,
-# and leaves in $OUT what has to come back: RUN.pt (the weights), log.jsonl, train.out,
+# and leaves in $OUT what has to come back: RUN.pt (the weights, float16), log.jsonl, train.out,
 # click-rule.json and gpu.csv (GPU utilisation every 10 s).
 set -o pipefail
 run=$1 deadline=$2
@@ -32,7 +32,9 @@ import json, sys
 import torch
 run, out = sys.argv[1:]
 state = torch.load(f"../runs/{run}/last.ckpt", map_location="cpu", weights_only=False)
-torch.save({"net": state["net"]}, f"{out}/{run}.pt")
+# float16, as checkpoints/*.pt: half the size, so the weights fit beside the repository and the pack
+# when a later call carries them back (--init .gpu/RUN.pt) to continue the run
+torch.save({"net": {k: v.half() if v.is_floating_point() else v for k, v in state["net"].items()}}, f"{out}/{run}.pt")
 log = [json.loads(line) for line in open(f"../runs/{run}/log.jsonl")]
 steady = log[len(log) // 4:]
 rate = (steady[-1]["step"] - steady[0]["step"]) / max(steady[-1]["time"] - steady[0]["time"], 1e-9)

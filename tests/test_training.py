@@ -359,6 +359,22 @@ def test_threads_and_the_batched_click_rule_run_the_same_training_step():
         assert threaded["rounds"] == plain["rounds"] == batched["rounds"]
 
 
+def test_bfloat16_autocast_step_trains_like_the_float32_step():
+    samples = [SampleMaker(synthetic_sets(), crop=64, input_size=80).sample(np.random.default_rng(i)) for i in range(4)]
+    losses = {}
+    for amp in (False, True):
+        args = train.parse_args(["--batch", "4", "--crop", "64", "--input-size", "80"] + (["--amp"] if amp else []))
+        torch.manual_seed(0)
+        net = build_network(pretrained=None)
+        optimizer = train.make_optimizer(net, args)
+        rng = np.random.default_rng(7)
+        losses[amp] = [train.train_step(net, optimizer, samples, rng, args, "cpu")["loss"] for _ in range(4)]
+        assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert losses[True] == pytest.approx(losses[False], rel=0.05)  # bfloat16 keeps ~3 significant digits
+    assert losses[True] != losses[False]  # the passes did run in bfloat16
+    assert losses[True][-1] < losses[True][0]
+
+
 def test_batched_click_rendering_draws_the_pixels_geometry_draws():
     rng = np.random.default_rng(3)
     size, radius = 64, 5.0

@@ -117,6 +117,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=None,
                    help="a wall-clock budget: the cosine runs over this many minutes of training instead of "
                         "--steps, and the run ends when they are spent (a fixed-time run on a lent GPU)")
+    p.add_argument("--amp", action="store_true",
+                   help="run the network's passes in bfloat16 autocast (weights, optimiser and loss stay float32); "
+                        "for GPUs with bfloat16 tensor cores")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", type=Path, default=None, help="start from these weights (a .ckpt) instead of ImageNet")
     return p.parse_args(argv)
@@ -421,7 +424,14 @@ class ParallelSamples:
 def train_step(net, optimizer, samples: list[Sample], rng, args, device,
                threads: ThreadPoolExecutor | None = None, batched_rule: bool | None = None) -> dict[str, float]:
     """One optimiser step on ``samples``. ``batched_rule`` (default: on CUDA only) runs the
-    corrective-click rule batched on the device (``batched_clicks``) instead of per sample on the CPU."""
+    corrective-click rule batched on the device (``batched_clicks``) instead of per sample on the CPU.
+    With ``args.amp`` the network's passes run in bfloat16 autocast; their outputs are cast back to
+    float32 before the click rule and the loss."""
+    def forward(*inputs):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=args.amp):
+            logits, iou = net(*inputs)
+        return logits.float(), iou.float()
+
     clicks = [list(s.clicks) for s in samples]
     size = args.crop
     prev = torch.zeros(len(samples), 1, size, size)
@@ -439,7 +449,7 @@ def train_step(net, optimizer, samples: list[Sample], rng, args, device,
         with torch.no_grad():
             for _ in range(rounds):
                 click_maps = click_tensor(clicks, size, args.click_radius, device)
-                logits, iou = net(image, click_maps, prev.to(device), box_maps)
+                logits, iou = forward(image, click_maps, prev.to(device), box_maps)
                 prob = chosen_probability(logits, iou, clicks, samples, size)
                 if batched_rule:  # the previous mask stays on the device between rounds
                     prev = prob
@@ -453,7 +463,7 @@ def train_step(net, optimizer, samples: list[Sample], rng, args, device,
         damage_previous_masks(prev, samples, clicks, args.corrupt_share, rng,  # only where a previous mask exists
                               args.spill_share)
     click_maps = click_tensor(clicks, size, args.click_radius, device)
-    logits, iou = net(image, click_maps, prev.to(device), box_maps)
+    logits, iou = forward(image, click_maps, prev.to(device), box_maps)
     loss, metrics = total_loss(logits, iou, samples, clicks, size, args.boundary_weight, args.coarse_band)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

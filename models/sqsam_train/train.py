@@ -121,7 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="run the network's passes in bfloat16 autocast (weights, optimiser and loss stay float32); "
                         "for GPUs with bfloat16 tensor cores")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", type=Path, default=None, help="start from these weights (a .ckpt) instead of ImageNet")
+    p.add_argument("--init", type=Path, default=None, help="start from these weights (a .ckpt, or a weights-only .pt) instead of ImageNet")
     return p.parse_args(argv)
 
 

@@ -2,7 +2,7 @@
 # One training call on a lent GPU machine (models/README.md, "Training on a lent GPU").
 #
 # Run from the repository root on the device, with the packed training split carried in .gpu/
-# (made here by `python -m sqsam_train.pack --out .gpu/train-pack.pkl --cache runs/X/data-cache.pkl`):
+# (made here by `python -m sqsam_train.pack --out .gpu/train-pack.pkl --data-cache runs/X/data-cache.pkl`):
 #
 #   bash models/gpu-lease.sh RUN DEADLINE_S TRAIN_ARGS...
 #
@@ -20,7 +20,8 @@ cd models || exit 1
 if command -v nvidia-smi > /dev/null; then
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 10 > "$out/gpu.csv" &
-    trap 'kill $! 2> /dev/null' EXIT
+    sampling=$!
+    trap 'kill $sampling 2> /dev/null' EXIT
 fi
 python3 -m sqsam_train.batched_clicks --batch 64 --size 320 | tee "$out/click-rule.json"
 python3 -m sqsam_train.pack --unpack ../.gpu/train-pack.pkl --cache "../runs/$run/data-cache.pkl" || exit 1

@@ -17,7 +17,13 @@ Coordinates: clicks are ``(x, y, positive)`` in model pixels (x = column, y = ro
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import torch
+
+from sqsam_core import geometry
 
 Click = tuple[float, float, bool]
 ROW_CHUNK = 8  # rows per step of the column pass: (B, H, ROW_CHUNK, W) int32 temporaries
@@ -110,13 +116,6 @@ def time_click_rules(batch: int, size: int, device: str = "cpu", repeats: int = 
     ``geometry.next_click`` one sample at a time (plain and on 4 threads, as ``train --click-rule
     cpu``) against :func:`next_clicks` on ``device`` (median of ``repeats`` after a warm-up).
     Returns milliseconds and how many of the batch's clicks the two rules agree on."""
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
-
-    from sqsam_core import geometry
-
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[:size, :size]
     gt = np.stack([((cols - rng.uniform(0.3, 0.7) * size) / (rng.uniform(0.1, 0.3) * size)) ** 2
@@ -139,8 +138,10 @@ def time_click_rules(batch: int, size: int, device: str = "cpu", repeats: int = 
     pred_t, gt_t = torch.from_numpy(pred).to(device), torch.from_numpy(gt).to(device)
     next_clicks(pred_t, gt_t)  # warm-up
     runs = [clock(lambda: next_clicks(pred_t, gt_t)) for _ in range(repeats)]
-    same = sum(None not in (a, b) and (int(a[0]), int(a[1]), a[2]) == (int(b[0]), int(b[1]), b[2])
-               for a, b in zip(expected, runs[-1][0]))
+    def pixel(click: Click | None):  # geometry's clicks are numpy scalars; None: no error
+        return None if click is None else (int(click[0]), int(click[1]), bool(click[2]))
+
+    same = sum(pixel(a) == pixel(b) for a, b in zip(expected, runs[-1][0]))
     return {"batch": batch, "size": size, "device": device, "cpu_serial_ms": round(serial_ms, 1),
             "cpu_4_threads_ms": round(threaded_ms, 1),
             "batched_ms": round(float(np.median([ms for _, ms in runs])), 1), "same_click": same}

@@ -243,12 +243,14 @@ class SqueezeSAM:
             (training uses this to validate a PyTorch network through exactly this code).
         zoom_in: refine clicks on a zoomed-in window (:class:`ZoomIn`); None = always the whole image.
         edge_refine: snap the presented mask of a pass with clicks to image edges
-            (:class:`edges.EdgeRefine`); None = the network's upsampled mask as it is.
+            (:class:`edges.EdgeRefine`, the guided filter; or an opt-in trained
+            :class:`edges.LearnedEdgeRefine`); None = the network's upsampled mask as it is.
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, threads: int | None = None,
                  cache_size: int = 16, backend: Backend | None = None, spec: ModelSpec | None = None,
-                 zoom_in: ZoomIn | None = ZoomIn(), edge_refine: edges.EdgeRefine | None = edges.EdgeRefine()):
+                 zoom_in: ZoomIn | None = ZoomIn(),
+                 edge_refine: edges.EdgeRefine | edges.LearnedEdgeRefine | None = edges.EdgeRefine()):
         if backend is None:
             onnx_backend = OnnxBackend(model_path or default_model_path(), threads)
             backend, spec = onnx_backend, onnx_backend.spec
@@ -344,6 +346,11 @@ class SqueezeSAM:
         stride = self.spec.stride
         if not refine or self.edge_refine is None or prepared.grey is None:
             return view.paste(geometry.logits_to_image(logits, view.letterbox, stride) > 0)
+        if isinstance(self.edge_refine, edges.LearnedEdgeRefine):
+            if prepared.source_scale != 1.0:
+                return self.edge_refine.refine_at_source_scale(view.logits_to_image(logits, stride), prepared.source)
+            window_logits = geometry.logits_to_image(logits, view.letterbox, stride)
+            return view.paste(self.edge_refine(window_logits, view.crop(prepared.source)))
         if prepared.source_scale != 1.0:
             return edges.refine_mask(view.logits_to_image(logits, stride), prepared.grey, prepared.source_scale,
                                      self.edge_refine)

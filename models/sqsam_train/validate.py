@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sqsam_core.contract import DEFAULT_INPUT_SIZE
-from sqsam_core.edges import EdgeRefine
+from sqsam_core.edges import EdgeRefine, LearnedEdgeRefine
 from sqsam_core.evaluation import EvalObject, clicks_to_reach, evaluate, format_report, zero_click_iou
 from sqsam_core.predictor import SqueezeSAM, ZoomIn
 from sqsam_train.compare import PER_OBJECT
@@ -70,6 +70,13 @@ def model_for(path: Path, input_size: int, threads: int, **options) -> SqueezeSA
     return SqueezeSAM(backend=TorchBackend(net), spec=spec_for(net, path.stem, input_size), **options)
 
 
+def edge_refiner(args: argparse.Namespace) -> EdgeRefine | LearnedEdgeRefine | None:
+    """The edge refinement ``--no-edge-refine`` / ``--edge-net`` ask for (default: the guided filter)."""
+    if args.no_edge_refine:
+        return None
+    return LearnedEdgeRefine(args.edge_net, threads=args.threads) if args.edge_net else EdgeRefine()
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", type=Path, nargs="+", help=".ckpt / .pt files, or exported .onnx files")
@@ -84,6 +91,8 @@ def main(argv=None) -> None:
     p.add_argument("--zoom-expansion", type=float, default=ZoomIn.expansion, help="ZoomIn.expansion")
     p.add_argument("--zoom-min-side", type=float, default=ZoomIn.min_side, help="ZoomIn.min_side, image pixels")
     p.add_argument("--no-edge-refine", action="store_true", help="masks as the network upsamples them")
+    p.add_argument("--edge-net", type=Path, default=None,
+                   help="refine edges with this learned edge refiner (.onnx) instead of the guided filter")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sets = load_training_data(args.data, cache=args.cache)
@@ -92,7 +101,7 @@ def main(argv=None) -> None:
     for ckpt in args.checkpoints:
         zoom = ZoomIn(expansion=args.zoom_expansion, min_side=args.zoom_min_side)
         model = model_for(ckpt, args.input_size, args.threads, zoom_in=None if args.no_zoom else zoom,
-                          edge_refine=None if args.no_edge_refine else EdgeRefine())
+                          edge_refine=edge_refiner(args))
         report = evaluate(model, objects, max_clicks=args.max_clicks, progress=False)
         report["dataset"] = "train-validation"
         report["model_version"] = ckpt.name

@@ -124,3 +124,27 @@ def test_the_predictor_runs_it_on_windows_and_on_a_very_large_images_downscaled_
         assert got.shape == (height, width)
         agreement = (got == expected).mean()
         assert agreement > 0.999, (height, width, agreement)
+
+
+def test_collected_patches_are_the_shipped_models_band_on_the_object():
+    from sqsam_core.evaluation import EvalObject
+    from sqsam_core.predictor import default_model_path
+
+    rng = np.random.default_rng(4)
+    objects = []
+    for i in range(2):
+        image = rng.integers(0, 60, (200, 260, 3), dtype=np.uint8)
+        gt = np.zeros((200, 260), bool)
+        gt[50 + 10 * i : 150, 60 : 200 - 10 * i] = True
+        image[gt] = (230, 190, 30)
+        objects.append(EvalObject(f"ECSSD/{i}", image, gt, None))
+    patches = edge_net.collect_patches(objects, default_model_path(), seed=0)
+    count = len(patches["source"])
+    assert 0 < count <= 2 * edge_net.CLICKS * edge_net.PATCHES_PER_STATE
+    side = edge_net.PATCH
+    assert patches["rgb"].shape == (count, side, side, 3) and patches["gt"].shape == (count, side, side)
+    assert set(patches["source"]) <= {"ECSSD/0", "ECSSD/1"}
+    for logits, gt, rgb in zip(patches["logits"], patches["gt"], patches["rgb"]):
+        assert boundary_band(logits.astype(np.float32)).any()
+        np.testing.assert_array_equal(gt, (rgb == (230, 190, 30)).all(-1))  # gt cut where the image was
+        assert ((logits > 0) == gt).mean() > 0.8  # the model found the square: its logits agree

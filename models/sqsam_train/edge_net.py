@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from sqsam_core import edges, geometry
+from sqsam_core.evaluation import EvalObject, evaluate_object
 from sqsam_core.predictor import OnnxBackend, SqueezeSAM, default_model_path
+from sqsam_train.data import load_training_data
 
 PATCH = 48  # training patch side, image pixels; the loss is taken on its centre (see MARGIN)
 MARGIN = edges.EDGE_NET_REACH  # the network's reach: the centre's values do not see the padding
@@ -84,38 +86,37 @@ def cut_band_patches(rgb: np.ndarray, logits: np.ndarray, gt: np.ndarray, rng: n
     return out
 
 
-def collect(data_root: Path, out: Path, shard: tuple[int, int], cache: Path | None, seed: int) -> int:
-    """Run the click loop over this shard's training objects; save their patches to ``out`` (npz)."""
-    from sqsam_train.data import load_training_data
+def collect_patches(objects: list[EvalObject], model_path: Path, seed: int) -> dict[str, np.ndarray]:
+    """Run the click loop (``CLICKS`` clicks) on each object; its band patches as arrays.
 
-    sets = load_training_data(data_root, cache=cache)
-    index, count = shard
-    objects = [(entry, mask) for name in COLLECT_SETS for entry in sets[name][0] for mask in entry.masks[:1]]
-    objects = objects[index::count]
-    backend = OnnxBackend(default_model_path(), 1)
-    model = _Recorder(backend=backend, spec=backend.spec, rng=np.random.default_rng(seed + index))
+    Returns ``rgb`` ``(N, P, P, 3)`` uint8, ``logits`` ``(N, P, P)`` float16, ``gt`` ``(N, P, P)``
+    bool and ``source`` ``(N,)``: the object's name.
+    """
+    backend = OnnxBackend(model_path, 1)
+    model = _Recorder(backend=backend, spec=backend.spec, rng=np.random.default_rng(seed))
     sources = []
     start = time.time()
-    for number, (entry, gt) in enumerate(objects):
+    for number, obj in enumerate(objects):
         before = len(model.patches)
-        model.gt = gt
-        prepared = model.prepare(entry.image)
-        clicks, prev, mask = [], None, np.zeros_like(gt)
-        for _ in range(CLICKS):
-            click = geometry.next_click(mask, gt)
-            if click is None:
-                break
-            clicks.append(click)
-            prev = model.predict(prepared, clicks, prev=prev)
-            mask = prev.mask
-        model.images = type(model.images)(4)  # keep memory flat
-        sources += [entry.name] * (len(model.patches) - before)
+        model.gt = obj.gt
+        evaluate_object(model, obj, CLICKS, zero_click=False)
+        sources += [obj.name] * (len(model.patches) - before)
         if number % 100 == 0:
             print(json.dumps({"objects": number, "of": len(objects), "patches": len(model.patches),
                               "s": round(time.time() - start)}), flush=True)
     rgb, logits, gt = (np.stack(column) for column in zip(*model.patches))
-    np.savez_compressed(out, rgb=rgb, logits=logits, gt=gt, source=np.array(sources))
-    return len(sources)
+    return {"rgb": rgb, "logits": logits, "gt": gt, "source": np.array(sources)}
+
+
+def collect(data_root: Path, out: Path, shard: tuple[int, int], cache: Path | None, seed: int) -> int:
+    """:func:`collect_patches` over this shard of the training objects (first mask of each entry) -> ``out`` (npz)."""
+    sets = load_training_data(data_root, cache=cache)
+    index, count = shard
+    objects = [EvalObject(entry.name, entry.image, entry.masks[0], None)
+               for name in COLLECT_SETS for entry in sets[name][0] if entry.masks]
+    patches = collect_patches(objects[index::count], default_model_path(), seed + index)
+    np.savez_compressed(out, **patches)
+    return len(patches["source"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ import torch
 
 from sqsam_core.contract import DEFAULT_INPUT_SIZE
 from sqsam_core.edges import EdgeRefine, LearnedEdgeRefine
-from sqsam_core.evaluation import EvalObject, clicks_to_reach, evaluate, format_report, zero_click_iou
+from sqsam_core.evaluation import EvalObject, clicks_to_reach, evaluate, format_report, summarize, zero_click_iou
 from sqsam_core.predictor import SqueezeSAM, ZoomIn
+from sqsam_train.band_oracle import evaluate_with_band_oracle
 from sqsam_train.compare import PER_OBJECT
 from sqsam_train.data import SALIENT_SETS, load_training_data, set_name
 from sqsam_train.export import TorchBackend, load_checkpoint, spec_for
@@ -91,6 +92,8 @@ def main(argv=None) -> None:
     p.add_argument("--zoom-expansion", type=float, default=ZoomIn.expansion, help="ZoomIn.expansion")
     p.add_argument("--zoom-min-side", type=float, default=ZoomIn.min_side, help="ZoomIn.min_side, image pixels")
     p.add_argument("--no-edge-refine", action="store_true", help="masks as the network upsamples them")
+    p.add_argument("--oracle-band", type=int, default=0, metavar="R",
+                   help="diagnostic: the ground truth pasted within R px of each mask's boundary (band_oracle)")
     p.add_argument("--edge-net", type=Path, default=None,
                    help="refine edges with this learned edge refiner (.onnx) instead of the guided filter")
     args = p.parse_args(argv)
@@ -102,6 +105,13 @@ def main(argv=None) -> None:
         zoom = ZoomIn(expansion=args.zoom_expansion, min_side=args.zoom_min_side)
         model = model_for(ckpt, args.input_size, args.threads, zoom_in=None if args.no_zoom else zoom,
                           edge_refine=edge_refiner(args))
+        if args.oracle_band:
+            results = evaluate_with_band_oracle(model, objects, args.oracle_band, args.max_clicks)
+            report = summarize(results, args.max_clicks)
+            print(json.dumps({"checkpoint": str(ckpt), "oracle_band": args.oracle_band,
+                              **{k: report[k] for k in ("NoC@85", "NoC@90")}, "NoC@90_by_set": noc90_by_set(report),
+                              PER_OBJECT: noc90_per_object(report)}), flush=True)
+            continue
         report = evaluate(model, objects, max_clicks=args.max_clicks, progress=False)
         report["dataset"] = "train-validation"
         report["model_version"] = ckpt.name

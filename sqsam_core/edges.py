@@ -37,6 +37,14 @@ class EdgeRefine:
     eps: float = 1e-3
     unsure: float = 0.2
 
+    def refine(self, logits: np.ndarray, rgb: np.ndarray, grey: np.ndarray, source_scale: float) -> np.ndarray:
+        """The refiners' common call (:class:`LearnedEdgeRefine` has the same): :func:`refine_mask`.
+
+        ``logits``: ``(H, W)`` float32 image-space; ``rgb`` ``(h, w, 3)`` / ``grey`` ``(h, w)``
+        uint8: the source pixels they cover, ``source_scale`` source pixels per image pixel.
+        """
+        return refine_mask(logits, grey, source_scale, self)
+
 
 # The learned edge refiner (``sqsam_train.edge_net`` trains it; :class:`LearnedEdgeRefine` runs it).
 BAND_PX = 3  # pixels within this distance of the mask's boundary may change...
@@ -54,11 +62,6 @@ def boundary_band(logits: np.ndarray, band_px: int = BAND_PX) -> np.ndarray:
     grown = cv2.dilate(mask, kernel, borderType=cv2.BORDER_REPLICATE)
     shrunk = cv2.erode(mask, kernel, borderType=cv2.BORDER_REPLICATE)
     return grown != shrunk
-
-
-def boundary_band_batch(logits: np.ndarray, band_px: int = BAND_PX) -> np.ndarray:
-    """:func:`boundary_band` of each ``(h, w)`` plane of ``(N, h, w)`` logits."""
-    return np.stack([boundary_band(plane, band_px) for plane in logits])
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -136,20 +139,28 @@ def _refine_at_guide_scale(logits: np.ndarray, grey: np.ndarray, settings: EdgeR
     resolution, which is the resolution the zoom-in views are cut from (``ZOOM_SOURCE_MAX_SIDE``),
     so no detail the network could have seen is lost.
     """
-    height, width = logits.shape
     small = cv2.resize(logits, (grey.shape[1], grey.shape[0]), interpolation=cv2.INTER_LINEAR)
     unsure = np.abs(small) < _unsure_logit(settings)
     mask = logits > 0
     band = _filter_band(small, grey, unsure, settings, 2 * settings.radius + 2)
     if band is None:
         return mask
-    (top, bottom, left, right), filtered = band
-    ky, kx = height / grey.shape[0], width / grey.shape[1]  # image pixels per guide pixel
+    bounds, filtered = band
+    _paste_box_from_source(mask, filtered, bounds, grey.shape, 0.5)
+    return mask
+
+
+def _paste_box_from_source(mask: np.ndarray, values: np.ndarray, bounds: tuple[int, int, int, int],
+                           source_shape: tuple[int, ...], threshold: float) -> None:
+    """Resize ``values`` (the ``(top, bottom, left, right)`` box of a ``source_shape`` downscaled
+    copy) to the ``(H, W)`` image's pixels and write ``values > threshold`` into ``mask`` there."""
+    height, width = mask.shape
+    top, bottom, left, right = bounds
+    ky, kx = height / source_shape[0], width / source_shape[1]  # image pixels per source pixel
     y0, y1 = round(top * ky), min(height, round(bottom * ky))
     x0, x1 = round(left * kx), min(width, round(right * kx))
-    big = cv2.resize(filtered, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)  # pixel-centre aligned
-    mask[y0:y1, x0:x1] = big > 0.5
-    return mask
+    big = cv2.resize(values, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)  # pixel-centre aligned
+    mask[y0:y1, x0:x1] = big > threshold
 
 
 def _filter_band(logits: np.ndarray, grey: np.ndarray, unsure: np.ndarray, settings: EdgeRefine,
@@ -216,6 +227,10 @@ class LearnedEdgeRefine:
         """``(h, w)`` bool mask from ``(h, w)`` float32 logits and the ``(h, w, 3)`` uint8 RGB they cover."""
         return self.refine_logits(logits, rgb) > 0
 
+    def refine(self, logits: np.ndarray, rgb: np.ndarray, grey: np.ndarray, source_scale: float) -> np.ndarray:
+        """The refiners' common call (as :meth:`EdgeRefine.refine`; ``grey`` is not used)."""
+        return self(logits, rgb) if source_scale == 1.0 else self.refine_at_source_scale(logits, rgb)
+
     def refine_logits(self, logits: np.ndarray, rgb: np.ndarray) -> np.ndarray:
         """``(h, w)`` float32 logits with the boundary band's values corrected by the network."""
         out = logits.astype(np.float32, copy=True)
@@ -225,12 +240,18 @@ class LearnedEdgeRefine:
             return out
         reach, tile = EDGE_NET_REACH, self.tile
         height, width = logits.shape
-        planes = np.concatenate([rgb.astype(np.float32) / 127.5 - 1.0, (out / EDGE_NET_LOGIT_SCALE)[..., None]], -1)
-        padded = cv2.copyMakeBorder(planes, reach, -height % tile + reach, reach, -width % tile + reach,
-                                    cv2.BORDER_REFLECT_101)
+
+        def pad(plane: np.ndarray) -> np.ndarray:  # context beyond the window's edge: reflected
+            return cv2.copyMakeBorder(plane, reach, -height % tile + reach, reach, -width % tile + reach,
+                                      cv2.BORDER_REFLECT_101)
+
         side = tile + 2 * reach
-        batch = np.stack([padded[top : top + side, left : left + side] for top, left in blocks])
-        change = self.session.run(None, {"patches": np.ascontiguousarray(batch.transpose(0, 3, 1, 2))})[0]
+        padded_rgb, padded_logits = pad(rgb), pad(out)
+        blocks_rgb = np.stack([padded_rgb[top : top + side, left : left + side] for top, left in blocks])
+        blocks_logits = np.stack([padded_logits[top : top + side, left : left + side] for top, left in blocks])
+        batch = np.concatenate([blocks_rgb.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0,
+                                blocks_logits[:, None] / EDGE_NET_LOGIT_SCALE], 1)
+        change = self.session.run(None, {"patches": batch})[0]
         for (top, left), block_change in zip(blocks, change[:, 0, reach : reach + tile, reach : reach + tile]):
             bottom, right = min(height, top + tile), min(width, left + tile)
             here = (slice(top, bottom), slice(left, right))
@@ -243,7 +264,6 @@ class LearnedEdgeRefine:
         As :func:`_refine_at_guide_scale`: the ``(H, W)`` logits are sampled at the source's size,
         refined there, and only the band's bounding box is resized back and thresholded.
         """
-        height, width = logits.shape
         small = cv2.resize(logits, (source.shape[1], source.shape[0]), interpolation=cv2.INTER_LINEAR)
         mask = logits > 0
         bounds = _band_bounds(boundary_band(small), EDGE_NET_REACH)
@@ -251,10 +271,7 @@ class LearnedEdgeRefine:
             return mask
         top, bottom, left, right = bounds
         refined = self.refine_logits(small[top:bottom, left:right], source[top:bottom, left:right])
-        ky, kx = height / source.shape[0], width / source.shape[1]
-        y0, y1 = round(top * ky), min(height, round(bottom * ky))
-        x0, x1 = round(left * kx), min(width, round(right * kx))
-        mask[y0:y1, x0:x1] = cv2.resize(refined, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0
+        _paste_box_from_source(mask, refined, bounds, source.shape, 0.0)
         return mask
 
 
@@ -266,4 +283,3 @@ def _band_blocks(band: np.ndarray, tile: int) -> list[tuple[int, int]]:
     padded[:height, :width] = band
     hits = padded.reshape(rows, tile, cols, tile).any(axis=(1, 3))
     return [(int(row) * tile, int(col) * tile) for row, col in zip(*np.nonzero(hits))]
-

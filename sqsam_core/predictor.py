@@ -346,16 +346,12 @@ class SqueezeSAM:
         stride = self.spec.stride
         if not refine or self.edge_refine is None or prepared.grey is None:
             return view.paste(geometry.logits_to_image(logits, view.letterbox, stride) > 0)
-        if isinstance(self.edge_refine, edges.LearnedEdgeRefine):
-            if prepared.source_scale != 1.0:
-                return self.edge_refine.refine_at_source_scale(view.logits_to_image(logits, stride), prepared.source)
-            window_logits = geometry.logits_to_image(logits, view.letterbox, stride)
-            return view.paste(self.edge_refine(window_logits, view.crop(prepared.source)))
         if prepared.source_scale != 1.0:
-            return edges.refine_mask(view.logits_to_image(logits, stride), prepared.grey, prepared.source_scale,
-                                     self.edge_refine)
+            return self.edge_refine.refine(view.logits_to_image(logits, stride), prepared.source, prepared.grey,
+                                           prepared.source_scale)
         window_logits = geometry.logits_to_image(logits, view.letterbox, stride)
-        return view.paste(edges.refine_mask(window_logits, view.crop(prepared.grey), 1.0, self.edge_refine))
+        return view.paste(self.edge_refine.refine(window_logits, view.crop(prepared.source),
+                                                  view.crop(prepared.grey), 1.0))
 
     def predict_history(self, image, clicks: Sequence[Sequence], box: Sequence[float] | None = None,
                         cache_key: str | None = None) -> Prediction:

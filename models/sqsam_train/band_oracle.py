@@ -41,7 +41,6 @@ class BandOracle:
     def __init__(self, model, radius: int):
         self.model, self.radius = model, radius
         self.gt: np.ndarray | None = None
-        self.zoom_in = model.zoom_in
 
     def prepare(self, image):
         return self.model.prepare(image)

@@ -184,7 +184,7 @@ def train(paths: list[Path], out: Path, steps: int, batch: int, lr: float, sets:
         gt = torch.from_numpy(data["gt"][index])[:, None].float()
         flip = torch.from_numpy(rng.random(len(index)) < 0.5)
         rgb[flip], logits[flip], gt[flip] = rgb[flip].flip(-1), logits[flip].flip(-1), gt[flip].flip(-1)
-        band = torch.from_numpy(edges.boundary_band_batch(logits[:, 0].numpy()))[:, None]
+        band = torch.from_numpy(np.stack([edges.boundary_band(plane) for plane in logits[:, 0].numpy()]))[:, None]
         inner = torch.zeros_like(band)
         inner[..., MARGIN:-MARGIN, MARGIN:-MARGIN] = True
         return torch.cat([rgb, logits / edges.EDGE_NET_LOGIT_SCALE], 1), logits, gt, band & inner

@@ -312,6 +312,18 @@ def test_comparison_reads_only_validation_lines_with_per_object_results(tmp_path
         main([str(one)])
 
 
+def test_comparison_on_one_training_set_reads_only_its_objects():
+    from sqsam_train.compare import compare
+
+    baseline = {"NoC@90_per_object": {"ECSSD/1": 2, "ECSSD/2": 3, "COCO128/1": 5, "COCO128/2": 20}}
+    candidate = {"NoC@90_per_object": {"ECSSD/1": 1, "ECSSD/2": 2, "COCO128/1": 9, "COCO128/2": 20}}
+    assert compare(baseline, candidate).mean_change == pytest.approx(0.5)  # (-1 - 1 + 4 + 0) / 4
+    ecssd = compare(baseline, candidate, only_set="ECSSD")
+    assert (ecssd.objects, ecssd.mean_change, ecssd.better, ecssd.worse) == (2, -1.0, 2, 0)
+    with pytest.raises(ValueError):
+        compare(baseline, candidate, only_set="Human")
+
+
 def test_constant_schedule_holds_the_rate_after_warm_up_and_cosine_decays_it():
     assert train.learning_rate_factor(0, 1000, 100, "constant") == pytest.approx(0.01)
     assert train.learning_rate_factor(999, 1000, 100, "constant") == 1.0

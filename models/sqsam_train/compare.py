@@ -9,7 +9,9 @@ reaching 90 % and never reaching it move the mean of 91 by 0.1-0.2 each).
 
 Per candidate it prints the mean NoC@90 change (candidate minus baseline: negative is better),
 its 95 % bootstrap interval (``scipy.stats.bootstrap``, BCa, 10,000 resamples over objects) and
-how many objects got better / worse / stayed.
+how many objects got better / worse / stayed. ``--set ECSSD`` compares on one training set's
+objects only (names are ``<set>/<stem>``): the model card's second rule reads the ECSSD objects,
+whose pixel-traced masks are the closest to Berkeley's.
 """
 
 from __future__ import annotations
@@ -52,9 +54,12 @@ def read_validation_lines(paths: list[str]) -> list[dict]:
     return lines
 
 
-def compare(baseline: dict, candidate: dict, seed: int = 0) -> Comparison:
-    """Paired NoC@90 change of ``candidate`` over ``baseline`` (both ``validate`` JSON records)."""
+def compare(baseline: dict, candidate: dict, seed: int = 0, only_set: str | None = None) -> Comparison:
+    """Paired NoC@90 change of ``candidate`` over ``baseline`` (both ``validate`` JSON records),
+    over the objects both were scored on, or only those of training set ``only_set``."""
     names = sorted(set(baseline[PER_OBJECT]) & set(candidate[PER_OBJECT]))
+    if only_set is not None:
+        names = [n for n in names if n.split("/", 1)[0] == only_set]
     if len(names) < 2:
         raise ValueError("fewer than two objects in common: were both scored on the same split?")
     change = np.array([candidate[PER_OBJECT][n] - baseline[PER_OBJECT][n] for n in names], float)
@@ -79,6 +84,8 @@ def format_comparison(c: Comparison) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", help="validate's output (.jsonl or its stdout); '-' reads stdin")
+    p.add_argument("--set", dest="only_set", default=None, metavar="NAME",
+                   help="compare on this training set's objects only (e.g. ECSSD)")
     args = p.parse_args(argv)
     records = read_validation_lines(args.files)
     if len(records) < 2:
@@ -87,7 +94,7 @@ def main(argv=None) -> None:
     print(f"baseline {baseline.get('checkpoint', '?')}: NoC@90 {baseline['NoC@90']:.2f}")
     for candidate in records[1:]:
         try:
-            print(format_comparison(compare(baseline, candidate)))
+            print(format_comparison(compare(baseline, candidate, only_set=args.only_set)))
         except ValueError as error:
             raise SystemExit(f"{candidate.get('checkpoint', '?')}: {error}") from None
 

@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 @dataclass(frozen=True)
 class EdgeRefine:
-    """Settings of :func:`refine_mask`, chosen on the held-out train split (model card).
+    """Settings of :func:`refine_mask`, chosen on the held-out train split (models/EXPERIMENTS.md, *Edge refinement*).
 
     ``radius``: the filter's window is ``(2 radius + 1)^2`` source pixels. ``eps``: the
     regulariser on grey levels in [0, 1]; edges weaker than about ``sqrt(eps)`` are smoothed over.
@@ -209,7 +209,7 @@ class LearnedEdgeRefine:
     Pixels the network is already sure of (``|logit| >= confident_logit``) never change.
 
     Opt-in and not shipped with weights: on the held-out split it improves ECSSD's NoC@90 but
-    not the whole split's, at ~25 ms more per click (model card, *Learned edge refiner*).
+    not the whole split's, at ~25 ms more per click (models/EXPERIMENTS.md, *Learned edge refiner*).
     ``path``: an ONNX file written by ``python -m sqsam_train.edge_net export``.
     """
 

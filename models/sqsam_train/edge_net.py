@@ -7,7 +7,7 @@ ground truth, an oracle) takes NoC@90 from 5.26 to 3.79: the last per cent are b
 This small full-resolution network (:func:`build_edge_net`) sees the image and the upsampled
 logits and corrects the logits in that band (``sqsam_core.edges.LearnedEdgeRefine`` runs it).
 An experiment, not adopted: it helps ECSSD's NoC@90 (2.75 -> 2.61) but not the whole split's
-(model card, *Learned edge refiner*); no weights are shipped.
+(models/EXPERIMENTS.md, *Learned edge refiner*); no weights are shipped.
 
     python -m sqsam_train.edge_net collect ../shared/data runs/edge/patches-0.npz --shard 0/2
     python -m sqsam_train.edge_net train runs/edge/patches-*.npz --out runs/edge/edge_net.pt

@@ -55,6 +55,14 @@ EDGE_NET_WIDTH = 16  # channels
 EDGE_NET_LOGIT_SCALE = 8.0  # its logit input is logit / this
 
 
+def edge_net_input(rgb: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """The learned refiner's input, the same in training and serving: ``(N, 4, h, w)`` float32
+    [RGB scaled to [-1, 1], logit / ``EDGE_NET_LOGIT_SCALE``] from ``(N, h, w, 3)`` uint8 ``rgb``
+    and ``(N, h, w)`` ``logits``."""
+    colour = rgb.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+    return np.concatenate([colour, (logits.astype(np.float32) / EDGE_NET_LOGIT_SCALE)[:, None]], 1)
+
+
 def boundary_band(logits: np.ndarray, band_px: int = BAND_PX) -> np.ndarray:
     """``(h, w)`` bool: pixels within ``band_px`` (square neighbourhood) of the ``logits > 0`` boundary."""
     mask = (logits > 0).astype(np.uint8)
@@ -249,9 +257,7 @@ class LearnedEdgeRefine:
         padded_rgb, padded_logits = pad(rgb), pad(out)
         blocks_rgb = np.stack([padded_rgb[top : top + side, left : left + side] for top, left in blocks])
         blocks_logits = np.stack([padded_logits[top : top + side, left : left + side] for top, left in blocks])
-        batch = np.concatenate([blocks_rgb.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0,
-                                blocks_logits[:, None] / EDGE_NET_LOGIT_SCALE], 1)
-        change = self.session.run(None, {"patches": batch})[0]
+        change = self.session.run(None, {"patches": edge_net_input(blocks_rgb, blocks_logits)})[0]
         for (top, left), block_change in zip(blocks, change[:, 0, reach : reach + tile, reach : reach + tile]):
             bottom, right = min(height, top + tile), min(width, left + tile)
             here = (slice(top, bottom), slice(left, right))

@@ -179,15 +179,15 @@ def train(paths: list[Path], out: Path, steps: int, batch: int, lr: float, sets:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
 
     def batch_tensors(index: np.ndarray):
-        rgb = torch.from_numpy(data["rgb"][index]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        inputs = torch.from_numpy(edges.edge_net_input(data["rgb"][index], data["logits"][index]))
         logits = torch.from_numpy(data["logits"][index].astype(np.float32))[:, None]
         gt = torch.from_numpy(data["gt"][index])[:, None].float()
         flip = torch.from_numpy(rng.random(len(index)) < 0.5)
-        rgb[flip], logits[flip], gt[flip] = rgb[flip].flip(-1), logits[flip].flip(-1), gt[flip].flip(-1)
+        inputs[flip], logits[flip], gt[flip] = inputs[flip].flip(-1), logits[flip].flip(-1), gt[flip].flip(-1)
         band = torch.from_numpy(np.stack([edges.boundary_band(plane) for plane in logits[:, 0].numpy()]))[:, None]
         inner = torch.zeros_like(band)
         inner[..., MARGIN:-MARGIN, MARGIN:-MARGIN] = True
-        return torch.cat([rgb, logits / edges.EDGE_NET_LOGIT_SCALE], 1), logits, gt, band & inner
+        return inputs, logits, gt, band & inner
 
     def losses(index: np.ndarray) -> tuple[torch.Tensor, float, float]:
         inputs, logits, gt, weight = batch_tensors(index)

@@ -119,7 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--steps, and the run ends when they are spent (a fixed-time run on a lent GPU)")
     p.add_argument("--amp", action="store_true",
                    help="run the network's passes in bfloat16 autocast (weights, optimiser and loss stay float32); "
-                        "for GPUs with bfloat16 tensor cores")
+                        "for GPUs with bfloat16 tensor cores and CPUs with AVX512-BF16 or AMX")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", type=Path, default=None, help="start from these weights (a .ckpt, or a weights-only .pt) instead of ImageNet")
     return p.parse_args(argv)

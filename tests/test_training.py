@@ -585,13 +585,17 @@ def test_sigterm_to_the_process_group_ends_training_after_the_step_with_a_checkp
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     log = tmp_path / "log.jsonl"
+
+    def logged() -> bool:  # the first log line is written at step 20
+        return log.exists() and bool(log.read_text().strip())
+
     try:
         # bounded, but generous: on a loaded 2-core machine the first 20 steps took over 120 s
         deadline = time.monotonic() + 600
-        while not (log.exists() and log.read_text().strip()) and process.poll() is None and time.monotonic() < deadline:
+        while not logged() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert process.poll() is None, process.communicate()[0]
-        assert log.exists() and log.read_text().strip(), "no log line (step 20) within 600 s"
+        assert logged(), "no log line (step 20) within 600 s"
         os.killpg(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=120)
     finally:

@@ -179,8 +179,9 @@ def train(paths: list[Path], out: Path, steps: int, batch: int, lr: float, sets:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
 
     def batch_tensors(index: np.ndarray):
-        inputs = torch.from_numpy(edges.edge_net_input(data["rgb"][index], data["logits"][index]))
-        logits = torch.from_numpy(data["logits"][index].astype(np.float32))[:, None]
+        raw_logits = data["logits"][index]
+        inputs = torch.from_numpy(edges.edge_net_input(data["rgb"][index], raw_logits))
+        logits = torch.from_numpy(raw_logits.astype(np.float32))[:, None]
         gt = torch.from_numpy(data["gt"][index])[:, None].float()
         flip = torch.from_numpy(rng.random(len(index)) < 0.5)
         inputs[flip], logits[flip], gt[flip] = inputs[flip].flip(-1), logits[flip].flip(-1), gt[flip].flip(-1)

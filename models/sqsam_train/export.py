@@ -95,7 +95,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--version", default="squeezesam-v6", help="model_version written into the metadata")
+    p.add_argument("--version", default="squeezesam-v22", help="model_version written into the metadata")
     p.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE)
     p.add_argument("--weights-out", type=Path, default=None,
                    help="also write a float16 weights-only checkpoint here (to commit, for continued training)")

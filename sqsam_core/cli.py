@@ -33,6 +33,7 @@ from sqsam_core.errors import InvalidPromptError, SqsamError
 #: Optional modules that contribute subcommands via ``register_commands(subparsers)``.
 COMMAND_MODULES = (
     "sqsam_core.bench",
+    "sqsam_core.loadtest",
     "sqsam_label_studio.cli",
     "sqsam_cvat.cli",
 )
@@ -177,9 +178,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def cmd_predict(args) -> int:
     from sqsam_core.imageio import load_image
-    from sqsam_core.predictor import validate_box, validate_clicks
+    from sqsam_core.prompts import max_clicks_setting, validate_prompt
 
     clicks = [parse_click(c) for c in args.click]
+    if len(clicks) > max_clicks_setting():
+        raise InvalidPromptError(f"{len(clicks)} --click options; at most {max_clicks_setting()} are accepted "
+                                 f"(SQSAM_MAX_CLICKS)")
     box = parse_box(args.box) if args.box is not None else None
     if not (args.out or args.overlay or args.json):
         raise CliError("nothing to write: give --out, --overlay and/or --json")
@@ -188,8 +192,7 @@ def cmd_predict(args) -> int:
     image = load_image(args.image, max_pixels=args.max_pixels)
     height, width = image.shape[:2]
     # Check the prompt against the image before paying for the model.
-    clicks = validate_clicks(clicks, height, width)
-    box = validate_box(box, height, width)
+    clicks, box, _ = validate_prompt(clicks, box, height, width, require_positive=True)
 
     model = _load_model(args)
     start = time.perf_counter()
@@ -353,10 +356,39 @@ def plot_miou_curve(report: dict, path: str | os.PathLike) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``sqsam: error: ...`` (no usage block hiding the message)."""
+
+    def error(self, message: str):
+        _error(f"{message} (see: {self.prog} --help)")
+        raise SystemExit(EXIT_USAGE)
+
+
+#: Options whose value may start with '-' (a negative coordinate): ``--click -5,10``.
+_VALUE_OPTIONS = ("--click", "--box")
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--click -5,10`` -> ``--click=-5,10``: argparse would read ``-5,10`` as an option."""
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if (arg in _VALUE_OPTIONS and i + 1 < len(args) and args[i + 1].startswith("-")
+                and len(args[i + 1]) > 1 and (args[i + 1][1].isdigit() or args[i + 1][1] in ".,")):
+            out.append(f"{arg}={args[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sqsam_core.imageio import DEFAULT_MAX_PIXELS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sqsam",
         description="CPU-first interactive segmentation (early-fusion SqueezeSAM).",
     )
@@ -444,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         try:
-            args = parser.parse_args(argv)
+            args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
         except SystemExit as exc:  # --help, --version, argparse errors (code 2)
             return exc.code if isinstance(exc.code, int) else EXIT_USAGE
         result = args.func(args)

@@ -202,8 +202,8 @@ def model():
     return ComponentModel()
 
 
-def make_client(fake_ls, model, api_key=LEGACY, **settings):
-    loader = ImageLoader(ls_url=fake_ls.url, api_key=api_key)
+def make_client(fake_ls, model, api_key=LEGACY, allowed_hosts=None, **settings):
+    loader = ImageLoader(ls_url=fake_ls.url, api_key=api_key, allowed_hosts=allowed_hosts)
     app = create_app(model=model, loader=loader, settings=Settings(**settings))
     app.testing = True
     return app.test_client()
@@ -512,7 +512,8 @@ def test_batch_with_one_bad_image_keeps_the_others(client):
 
 @pytest.mark.parametrize("url, status", [
     ("s3://bucket/key.jpg", 422), ("file:///etc/passwd", 422), ("relative/path.jpg", 422), ("", 422),
-    ("data:image/png;base64,!!!notbase64", 422), ("http://127.0.0.1:1/refused.png", 424),
+    ("data:image/png;base64,!!!notbase64", 422),
+    ("http://127.0.0.1:1/refused.png", 403),  # loopback, not Label Studio's origin: refused by the fetch policy
 ])
 def test_unsupported_or_unreachable_urls(client, url, status):
     t = {"id": 1, "data": {"image": url}}
@@ -554,12 +555,13 @@ def test_unknown_route_and_method(client):
 
 def test_basic_auth(fake_ls, model):
     client = make_client(fake_ls, model, basic_auth_user="ls", basic_auth_pass="s3cret")
-    assert_json_error(client.get("/health"), 401)
-    assert client.get("/health").headers.get("WWW-Authenticate", "").startswith("Basic")
+    assert client.get("/health").status_code == 200  # open by design: the container healthcheck uses it
+    assert_json_error(client.get("/versions"), 401)
+    assert client.get("/versions").headers.get("WWW-Authenticate", "").startswith("Basic")
     bad = base64.b64encode(b"ls:wrong").decode()
-    assert_json_error(client.get("/health", headers={"Authorization": f"Basic {bad}"}), 401)
+    assert_json_error(client.get("/versions", headers={"Authorization": f"Basic {bad}"}), 401)
     good = {"Authorization": "Basic " + base64.b64encode(b"ls:s3cret").decode()}
-    assert client.get("/health", headers=good).status_code == 200
+    assert client.get("/versions", headers=good).status_code == 200
     assert client.post("/predict", json=predict_payload([task()]), headers=good).status_code == 200
 
 
@@ -607,7 +609,8 @@ def test_expired_access_token_is_refreshed_before_use(fake_ls, model):
 
 
 def test_token_only_goes_to_the_label_studio_host(fake_ls, other_host, model):
-    client = make_client(fake_ls, model)
+    # the other host is on loopback too: it must be allowed explicitly (SQSAM_ALLOWED_HOSTS)
+    client = make_client(fake_ls, model, allowed_hosts=other_host.url.split("//", 1)[1])
     url = f"{other_host.url}/public/scene.png"
     r = client.post("/predict", json=predict_payload([{"id": 1, "data": {"image": url}}]))
     assert r.status_code == 200

@@ -26,7 +26,6 @@ import base64
 import binascii
 import collections
 import hashlib
-import math
 import os
 import threading
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from sqsam_core import formats
 from sqsam_core.errors import ImageTooLargeError, InvalidImageError, InvalidPromptError
 from sqsam_core.geometry import mask_box
 from sqsam_core.imageio import DEFAULT_MAX_PIXELS, decode_image_bytes, to_rgb_array
+from sqsam_core.prompts import finite_number, max_clicks_setting, validate_prompt
 
 Click = tuple[float, float, bool]
 Box = tuple[float, float, float, float]
@@ -46,8 +46,9 @@ Box = tuple[float, float, float, float]
 MAX_FRAME_PIXELS = int(os.environ.get("SQSAM_CVAT_MAX_PIXELS", DEFAULT_MAX_PIXELS))
 #: Largest base64 payload accepted (characters). nuclio's maxRequestBodySize is 32 MiB.
 MAX_IMAGE_B64_CHARS = int(os.environ.get("SQSAM_CVAT_MAX_IMAGE_B64", 64 * 2**20))
-#: Most clicks of one kind accepted in one request.
-MAX_POINTS = 256
+#: Most clicks accepted on one object (positive and negative together): ``SQSAM_MAX_CLICKS``,
+#: the same limit the CLI and the Label Studio backend apply (``sqsam_core.prompts``).
+MAX_POINTS = max_clicks_setting()
 #: Detector defaults (nuclio: environment; cvat-sdk function: -p parameters).
 DEFAULT_MAX_OBJECTS = int(os.environ.get("SQSAM_CVAT_MAX_OBJECTS", 5))
 DEFAULT_MIN_SCORE = float(os.environ.get("SQSAM_CVAT_MIN_SCORE", 0.5))
@@ -160,19 +161,10 @@ class FrameCache:
 # ------------------------------------------------------------------------------------------
 
 
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidPromptError(f"{what} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise InvalidPromptError(f"{what} must be finite, got {value!r}")
-    return value
-
-
 def _point(value: Any, what: str, frame: Frame) -> tuple[float, float]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise InvalidPromptError(f"{what} must be an [x, y] pair, got {value!r}")
-    x, y = _number(value[0], what), _number(value[1], what)
+    x, y = finite_number(value[0], what), finite_number(value[1], what)
     # CVAT pixel coordinates run over [0, W] x [0, H]; the core clips the far edge.
     if not (0 <= x <= frame.width and 0 <= y <= frame.height):
         raise InvalidPromptError(f"{what} ({x:g}, {y:g}) is outside the {frame.width}x{frame.height} frame")
@@ -201,8 +193,7 @@ def parse_box(value: Any, frame: Frame) -> Box | None:
     (xa, ya), (xb, yb) = (_point(p, f"obj_bbox[{i}]", frame) for i, p in enumerate(value))
     x0, x1 = sorted((xa, xb))
     y0, y1 = sorted((ya, yb))
-    if x1 - x0 < 1 or y1 - y0 < 1:
-        raise InvalidPromptError(f"'obj_bbox' ({x0:g}, {y0:g})-({x1:g}, {y1:g}) encloses no area")
+    validate_prompt(None, (x0, y0, x1, y1), frame.height, frame.width)  # the shared rules: encloses area
     return (x0, y0, x1, y1)
 
 
@@ -215,7 +206,7 @@ def parse_threshold(value: Any) -> float | None:
             value = float(value)
         except ValueError:
             raise InvalidPromptError(f"'threshold' must be a number in [0, 1], got {value!r}") from None
-    value = _number(value, "'threshold'")
+    value = finite_number(value, "'threshold'")
     if not 0 <= value <= 1:
         raise InvalidPromptError(f"'threshold' must be in [0, 1], got {value:g}")
     return value
@@ -274,6 +265,8 @@ class ClickHistory:
 def interact(model, frame: Frame, pos: list, neg: list, box: Box | None, history: ClickHistory | None = None):
     """Run the core on one interactor request (validated prompts); returns its Prediction."""
     require_prompt(pos, box)
+    clicks = [(x, y, True) for x, y in pos] + [(x, y, False) for x, y in neg]
+    validate_prompt(clicks, box, frame.height, frame.width, max_clicks=MAX_POINTS, require_positive=True)
     if history is not None:
         clicks = history.order(frame.key, pos, neg, box)
     else:

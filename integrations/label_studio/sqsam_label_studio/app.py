@@ -17,7 +17,23 @@ Environment: ``LABEL_STUDIO_URL``, ``LABEL_STUDIO_API_KEY``, ``LOCAL_FILES_DOCUM
 ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS``, ``SQSAM_MODEL`` (ONNX path), ``SQSAM_LS_LABEL``
 (label for pre-annotations), ``SQSAM_LS_MAX_OBJECTS`` (5), ``SQSAM_LS_MIN_SCORE`` (0.5),
 ``SQSAM_LS_PREANNOTATE`` (true), ``SQSAM_MAX_IMAGE_BYTES``, ``SQSAM_MAX_IMAGE_PIXELS``,
-``SQSAM_IMAGE_TIMEOUT`` (seconds).
+``SQSAM_IMAGE_TIMEOUT`` (seconds, a total deadline per download).
+
+Security and limits (``integrations/label_studio/README.md``, *Security and limits*):
+
+* basic auth fails closed: with only one of ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` set,
+  :func:`create_app` raises :class:`~sqsam_label_studio.errors.ConfigError` (``sqsam serve
+  label-studio`` exits 2). ``GET /health`` stays open by design (the container healthcheck and
+  Label Studio's connection check use it); it tells only the status and the model version.
+  Failed logins are logged.
+* the token goes only to Label Studio's origin and file paths; without ``LABEL_STUDIO_URL`` the
+  first ``/setup`` hostname is pinned (:mod:`.images`).
+* outbound fetches: Label Studio, ``SQSAM_ALLOWED_HOSTS`` and public addresses only
+  (:mod:`.netpolicy`); ``SQSAM_MAX_FETCHES`` (2) downloads at once, ``SQSAM_FETCH_QUEUE_TIMEOUT``
+  (2 s) wait for a slot, then 429.
+* work per request (:mod:`.limits`): ``SQSAM_MAX_BODY_BYTES`` (32 MiB), ``SQSAM_MAX_JSON_DEPTH``
+  (64), ``SQSAM_MAX_TASKS`` (100), ``SQSAM_MAX_CLICKS`` (64), ``SQSAM_MAX_OBJECTS_LIMIT`` (100),
+  ``SQSAM_REQUEST_DEADLINE`` (60 s, checked between tasks).
 """
 
 from __future__ import annotations
@@ -34,8 +50,10 @@ from typing import Any
 
 from sqsam_core.errors import SqsamError
 
+from .errors import ConfigError
 from .images import ImageFetchError, ImageLoader
 from .labelconfig import LabelConfig, LabelConfigError, parse_label_config
+from .limits import RequestLimits, check_basic_auth, check_extra_params, parse_json_object
 from .protocol import mask_regions, outputs_or_error, parse_context, prediction
 
 logger = logging.getLogger("sqsam_label_studio")
@@ -68,15 +86,18 @@ class Settings:
 
     @classmethod
     def from_env(cls, env=os.environ) -> "Settings":
-        return cls(
-            label=env.get("SQSAM_LS_LABEL") or None,
-            max_objects=int(env.get("SQSAM_LS_MAX_OBJECTS", 5)),
-            min_score=float(env.get("SQSAM_LS_MIN_SCORE", 0.5)),
-            preannotate=_env_bool(env.get("SQSAM_LS_PREANNOTATE"), True),
-            polygon_tolerance=float(env.get("SQSAM_LS_POLYGON_TOLERANCE", 1.0)),
-            basic_auth_user=env.get("BASIC_AUTH_USER") or None,
-            basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
-        )
+        try:
+            return cls(
+                label=env.get("SQSAM_LS_LABEL") or None,
+                max_objects=int(env.get("SQSAM_LS_MAX_OBJECTS", 5)),
+                min_score=float(env.get("SQSAM_LS_MIN_SCORE", 0.5)),
+                preannotate=_env_bool(env.get("SQSAM_LS_PREANNOTATE"), True),
+                polygon_tolerance=float(env.get("SQSAM_LS_POLYGON_TOLERANCE", 1.0)),
+                basic_auth_user=env.get("BASIC_AUTH_USER") or None,
+                basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"a SQSAM_LS_* setting is not a number: {exc}") from None
 
 
 class ProjectStore:
@@ -105,7 +126,7 @@ def _extra_params(raw: Any) -> dict:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ApiError("extra_params must be a JSON object") from None
     if not isinstance(raw, dict):
         raise ApiError("extra_params must be a JSON object")
@@ -116,22 +137,29 @@ def _project_id(value: Any) -> str:
     return str(value).split(".", 1)[0] if value not in (None, "") else ""
 
 
-def create_app(model=None, loader: ImageLoader | None = None, settings: Settings | None = None):
-    """The Flask app. ``model``: a :class:`sqsam_core.SqueezeSAM` (loaded here when None)."""
+def create_app(model=None, loader: ImageLoader | None = None, settings: Settings | None = None,
+               limits: RequestLimits | None = None):
+    """The Flask app. ``model``: a :class:`sqsam_core.SqueezeSAM` (loaded here when None).
+
+    Raises :class:`~sqsam_label_studio.errors.ConfigError` for settings it cannot start with
+    (half a basic-auth pair, non-numeric limits, a malformed ``SQSAM_ALLOWED_HOSTS``).
+    """
     from flask import Flask, Response, jsonify, request
     from werkzeug.exceptions import HTTPException
 
+    settings = settings or Settings.from_env()
+    auth_on = check_basic_auth(settings.basic_auth_user, settings.basic_auth_pass)
+    limits = limits or RequestLimits.from_env()
+    loader = loader or ImageLoader.from_env()
     if model is None:
         from sqsam_core import SqueezeSAM
 
         model = SqueezeSAM()
-    loader = loader or ImageLoader.from_env()
-    settings = settings or Settings.from_env()
     model_version = str(getattr(getattr(model, "spec", None), "model_version", None) or "sqsam")
     projects = ProjectStore()
 
     app = Flask("sqsam_label_studio")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     app.json.sort_keys = False
     app.extensions["sqsam"] = {"model": model, "loader": loader, "settings": settings, "projects": projects}
 
@@ -150,8 +178,10 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
 
     @app.errorhandler(SqsamError)
     def _sqsam_error(exc: SqsamError):
-        logger.info("%s %s -> 422: %s", request.method, request.path, exc)
-        return error(str(exc), 422)
+        status = getattr(exc, "status", 422)
+        status = status if isinstance(status, int) and 400 <= status < 500 else 422
+        logger.info("%s %s -> %d: %s", request.method, request.path, status, exc)
+        return error(str(exc), status)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
@@ -164,28 +194,21 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
 
     @app.before_request
     def _basic_auth():
-        if settings.basic_auth_user and settings.basic_auth_pass:
+        if auth_on and not (request.method in ("GET", "HEAD") and request.path == "/health"):  # open by design
             auth = request.authorization
             ok = (auth is not None and auth.type == "basic"
                   and hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
                   and hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode()))
             if not ok:
+                logger.warning("basic auth failed: %s %s from %s (%s)", request.method, request.path,
+                               request.remote_addr, "no credentials" if auth is None else "wrong credentials")
                 response = jsonify({"error": "basic authentication required", "status": 401})
                 return Response(response.get_data(), 401, {"WWW-Authenticate": 'Basic realm="sqsam"',
                                                            "Content-Type": "application/json"})
         return None
 
     def body() -> dict:
-        raw = request.get_data(cache=True)
-        if not raw:
-            raise ApiError("the request body is empty; send a JSON object")
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(f"the request body is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ApiError("the request body must be a JSON object")
-        return data
+        return parse_json_object(request.get_data(cache=True), limits)
 
     @app.get("/")
     @app.get("/health")
@@ -206,9 +229,11 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
         schema = data.get("schema")
         if schema is not None and not isinstance(schema, str):
             raise ApiError("'schema' must be the labeling config (XML text)")
-        extra = _extra_params(data.get("extra_params"))
-        info = {"schema": schema, "extra_params": extra,
-                "hostname": data.get("hostname") if isinstance(data.get("hostname"), str) else None,
+        extra = check_extra_params(_extra_params(data.get("extra_params")), limits)
+        hostname = data.get("hostname") if isinstance(data.get("hostname"), str) and data.get("hostname") else None
+        if hostname is not None:  # pinned when LABEL_STUDIO_URL is unset; moved only by an authenticated caller
+            loader.pin_label_studio(hostname, may_move=auth_on)
+        info = {"schema": schema, "extra_params": extra, "hostname": hostname,
                 "access_token": data.get("access_token") if isinstance(data.get("access_token"), str) else None}
         projects.put(_project_id(data.get("project")), info)
         if schema:
@@ -244,6 +269,10 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
         tasks = data.get("tasks")
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict) for t in tasks):
             raise ApiError("'tasks' must be a non-empty list of task objects")
+        if len(tasks) > limits.max_tasks:
+            raise ApiError(f"{len(tasks)} tasks in one request; at most {limits.max_tasks} are accepted "
+                           f"(SQSAM_MAX_TASKS)", 413)
+        deadline = time.monotonic() + limits.request_deadline
         params = data.get("params") or {}
         if not isinstance(params, dict):
             raise ApiError("'params' must be an object")
@@ -253,12 +282,12 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
             raise ApiError("'label_config' (the project's labeling config) is missing")
         config = parse_label_config(xml)
         extra = dict(project.get("extra_params") or {})
-        fetch = {"fallback_host": project.get("hostname"), "fallback_token": project.get("access_token")}
-        prompt = parse_context(params.get("context"))
+        fetch = {"fallback_token": project.get("access_token")}
+        prompt = parse_context(params.get("context"), limits.max_clicks)
         if prompt is not None:
-            results = [_interactive(tasks[0], prompt, config, extra, fetch)]
+            results = [_interactive(tasks[0], prompt, config, extra, fetch, deadline)]
         else:
-            results = _preannotate(tasks, config, extra, fetch)
+            results = _preannotate(tasks, config, extra, fetch, deadline)
         elapsed = (time.perf_counter() - started) * 1000
         logger.info("predict: %d task(s), %s, %.0f ms", len(tasks), "interactive" if prompt else "automask", elapsed)
         response = jsonify({"results": results, "model_version": model_version})
@@ -283,7 +312,12 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
         label = extra.get("label") or settings.label
         return str(label) if label else None
 
-    def _interactive(task: dict, prompt, config: LabelConfig, extra: dict, fetch: dict) -> dict:
+    def _check_deadline(deadline: float, done: int, total: int) -> None:
+        if time.monotonic() > deadline:
+            raise ApiError(f"the request ran past its {limits.request_deadline:g} s deadline after {done} of "
+                           f"{total} task(s) (SQSAM_REQUEST_DEADLINE); send fewer tasks per request", 408)
+
+    def _interactive(task: dict, prompt, config: LabelConfig, extra: dict, fetch: dict, deadline: float) -> dict:
         image_name = prompt.to_name if prompt.to_name in config.images else None
         image_obj = config.images.get(image_name) if image_name else config.first_target()
         if image_obj is None:
@@ -293,7 +327,8 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
         image_obj, image = _image_for(task, config, image_obj.name, fetch)
         if not prompt.has_positive:
             return prediction([], 0.0, model_version)
-        clicks, box = prompt.to_pixels(image.width, image.height)
+        clicks, box = prompt.to_pixels(image.width, image.height, limits.max_clicks)
+        _check_deadline(deadline, 0, 1)
         run = getattr(model, "predict_history", None) or model.predict
         pred = run(image.rgb, clicks, box=box, cache_key=image.key)
         regions = []
@@ -303,20 +338,19 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
                                     settings.polygon_tolerance)
         return prediction(regions, pred.score, model_version)
 
-    def _preannotate(tasks: list[dict], config: LabelConfig, extra: dict, fetch: dict) -> list[dict]:
+    def _preannotate(tasks: list[dict], config: LabelConfig, extra: dict, fetch: dict, deadline: float) -> list[dict]:
         enabled = _env_bool(str(extra["preannotate"]), True) if "preannotate" in extra else settings.preannotate
         target = config.first_target()
         if not enabled or target is None:
             return [prediction([], None, model_version) for _ in tasks]
-        try:
-            max_objects = int(extra.get("max_objects", settings.max_objects))
-            min_score = float(extra.get("min_score", settings.min_score))
-        except (TypeError, ValueError):
-            raise ApiError("extra_params max_objects / min_score must be numbers", 422) from None
+        checked = check_extra_params({"max_objects": extra.get("max_objects", settings.max_objects),
+                                      "min_score": extra.get("min_score", settings.min_score)}, limits)
+        max_objects, min_score = checked["max_objects"], checked["min_score"]
         outputs = config.outputs_for(target.name)
         label = _default_label(extra)
         results, failures = [], []
-        for task in tasks:
+        for done, task in enumerate(tasks):
+            _check_deadline(deadline, done, len(tasks))
             try:
                 _, image = _image_for(task, config, target.name, fetch)
                 objects = model.automask(image.rgb, max_objects=max_objects, min_score=min_score,

@@ -97,7 +97,11 @@ def serve_command(args) -> int:
     except SqsamError as exc:
         print(f"sqsam: {exc}", file=sys.stderr)
         return 2
-    app = create_app(model=model)
+    try:
+        app = create_app(model=model)
+    except SqsamError as exc:  # settings it cannot start with, e.g. half a basic-auth pair
+        print(f"sqsam: error: {exc}", file=sys.stderr)
+        return 2
     try:
         server = make_server(args.host, args.port, app, threaded=True)
     except OSError as exc:

@@ -11,12 +11,13 @@ Interactive context, as Label Studio's frontend sends it (``params.context`` of 
        "value": {"x": 10, "y": 20, "width": 30, "height": 40, "rectanglelabels": ["Object"]}}
     ]}
 
-Coordinates are percent of the original image size (0-100).
+Coordinates are percent of the original image size (0-100). Prompts go through the shared
+rules of :func:`sqsam_core.prompts.validate_prompt` (the CLI and the CVAT functions use them
+too): at most ``SQSAM_MAX_CLICKS`` clicks per object, boxes must enclose at least one pixel.
 """
 
 from __future__ import annotations
 
-import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from sqsam_core.errors import InvalidPromptError
+from sqsam_core.prompts import finite_number, max_clicks_setting, validate_prompt
 
 from .labelconfig import Control, LabelConfig
 
@@ -43,33 +45,37 @@ class Prompt:
     def has_positive(self) -> bool:
         return self.box is not None or any(positive for _, _, positive in self.clicks)
 
-    def to_pixels(self, width: int, height: int):
-        """``(clicks, box)`` in sqsam pixel coordinates (x = column; pixel centres at integers)."""
+    def to_pixels(self, width: int, height: int, max_clicks: int | None = None):
+        """``(clicks, box)`` in sqsam pixel coordinates (x = column; pixel centres at integers).
+
+        Checked by the shared prompt rules: a box must cover at least one pixel each way.
+        """
         clicks = []
         for x, y, positive in self.clicks:
             px = min(max(x / 100.0 * width - 0.5, 0.0), width - 1.0)
             py = min(max(y / 100.0 * height - 0.5, 0.0), height - 1.0)
             clicks.append((px, py, positive))
-        box = None
+        corners = None
         if self.box is not None:
             x, y, w, h = self.box
-            x0, y0 = x / 100.0 * width, y / 100.0 * height
-            x1, y1 = (x + w) / 100.0 * width - 1.0, (y + h) / 100.0 * height - 1.0
-            x0, y0 = min(max(x0, 0.0), width - 1.0), min(max(y0, 0.0), height - 1.0)
-            box = (x0, y0, min(max(x1, x0), width - 1.0), min(max(y1, y0), height - 1.0))
+            corners = tuple(min(max(v, 0.0), float(limit)) for v, limit in (
+                (x / 100.0 * width, width), (y / 100.0 * height, height),
+                ((x + w) / 100.0 * width, width), ((y + h) / 100.0 * height, height)))
+        clicks, checked, _ = validate_prompt(clicks, corners, height, width, max_clicks=max_clicks)
+        box = None
+        if checked is not None:  # pixel corners -> the inclusive last pixel the model expects
+            x0, y0 = checked[:2]
+            box = (x0, y0, max(x0, corners[2] - 1.0), max(y0, corners[3] - 1.0))
         return clicks, box
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, str):  # Label Studio sends numbers; tolerate numeric strings
         try:
             value = float(value)
-        except (TypeError, ValueError):
-            raise InvalidPromptError(f"{what} must be a number, got {value!r}") from None
-    value = float(value)
-    if not math.isfinite(value):
-        raise InvalidPromptError(f"{what} must be finite, got {value!r}")
-    return value
+        except ValueError:
+            raise InvalidPromptError(f"{what} must be a number, got {value[:40]!r}") from None
+    return finite_number(value, what)
 
 
 def _percent(value: Any, what: str) -> float:
@@ -94,12 +100,14 @@ def _label_of(item: dict, value: dict, kind: str) -> str | None:
     return None
 
 
-def parse_context(context: Any) -> Prompt | None:
+def parse_context(context: Any, max_clicks: int | None = None) -> Prompt | None:
     """The prompt of an interactive request; None when there is no interactive context.
 
     Raises :class:`InvalidPromptError` (-> HTTP 422) for a context without keypoints or
-    rectangles, or with coordinates that are not numbers in 0-100.
+    rectangles, with coordinates that are not numbers in 0-100, or with more than
+    ``max_clicks`` keypoints (default ``SQSAM_MAX_CLICKS``).
     """
+    limit = max_clicks_setting() if max_clicks is None else max_clicks
     if context is None:
         return None
     if not isinstance(context, dict):
@@ -125,6 +133,9 @@ def parse_context(context: Any) -> Prompt | None:
         x = _percent(value.get("x"), f"{where}: x")
         y = _percent(value.get("y"), f"{where}: y")
         if kind.startswith("keypoint"):
+            if len(prompt.clicks) >= limit:
+                raise InvalidPromptError(f"more than {limit} keypoints on one object; at most {limit} are "
+                                         f"accepted (SQSAM_MAX_CLICKS)")
             prompt.clicks.append((x, y, _positive(item, value)))
         else:
             w = _number(value.get("width"), f"{where}: width")

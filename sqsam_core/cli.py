@@ -34,6 +34,7 @@ from sqsam_core.errors import InvalidPromptError, SqsamError
 COMMAND_MODULES = (
     "sqsam_core.bench",
     "sqsam_core.loadtest",
+    "sqsam_core.annotate.command",
     "sqsam_label_studio.cli",
     "sqsam_cvat.cli",
 )

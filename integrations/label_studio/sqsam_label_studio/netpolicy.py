@@ -55,10 +55,10 @@ def is_public_address(address: str | Address) -> bool:
     for inner in _embedded_ipv4(ip):
         if not is_public_address(inner):
             return False
+    if ip in _NAT64 or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None):
+        return True  # a translated IPv4 address: decided by it, above
     if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_link_local or ip.is_reserved:
         return False
-    if ip in _NAT64 or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None):
-        return True  # the embedded IPv4 address decided above
     return ip.is_global
 
 

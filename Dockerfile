@@ -8,10 +8,12 @@ WORKDIR /src
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 # Everything `pip install .` needs: the core, the bundled model, the integrations.
 COPY pyproject.toml README.md ./
+COPY requirements/docker.txt ./requirements/docker.txt
 COPY sqsam_core ./sqsam_core
 COPY models ./models
 COPY integrations ./integrations
-RUN pip wheel --wheel-dir /wheels ".[label-studio]"
+# Every dependency at the version requirements/docker.txt pins (`make constraints` refreshes it).
+RUN pip wheel --wheel-dir /wheels -c requirements/docker.txt ".[label-studio]"
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \

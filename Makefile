@@ -1,29 +1,39 @@
 # Two entry points (see README): `make demo` runs the main job, `make test` runs the tests.
-# Both build their own virtual environments from this repository's files on first use.
+# Both build their own virtual environments on first use, from the constraints committed in
+# requirements/ (so a new release of any dependency cannot break a fresh machine).
 PYTHON ?= python3
 VENV ?= .venv
 LS_VENV ?= .venv-label-studio
+TOOLS_VENV ?= .venv-tools
 PY := $(VENV)/bin/python
+REQ := requirements
+# pip-compile's options for every constraints file: no index URLs or local paths in the output.
+COMPILE = $(TOOLS_VENV)/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
 
-.PHONY: install install-label-studio test demo eval bench clean
+.PHONY: install install-label-studio test test-fast demo eval bench clean constraints test-latest check-pins
 
-$(VENV)/.installed: pyproject.toml
+# The dev/test venv: the project (editable) with every extra; torch is the CPU build (dev.txt pins it).
+$(VENV)/.installed: pyproject.toml $(REQ)/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0   # the CPU wheel; never an unpinned torch
-	$(PY) -m pip install -q -e ".[train,label-studio,cvat,bench,dev]"
+	$(PY) -m pip install -q --upgrade pip -c $(REQ)/dev.txt
+	$(PY) -m pip install -q -c $(REQ)/dev.txt -e ".[train,label-studio,cvat,bench,dev]"
 	touch $@
 
 install: $(VENV)/.installed
 
 # Label Studio pins many packages of its own: it lives in a venv of its own.
-$(LS_VENV)/.installed:
+$(LS_VENV)/.installed: $(REQ)/label-studio.in $(REQ)/label-studio.txt
 	$(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
-	$(LS_VENV)/bin/python -m pip install -q "label-studio>=1.20"
+	$(LS_VENV)/bin/python -m pip install -q --upgrade pip -c $(REQ)/label-studio.txt
+	$(LS_VENV)/bin/python -m pip install -q -c $(REQ)/label-studio.txt -r $(REQ)/label-studio.in
 	touch $@
 
 install-label-studio: $(LS_VENV)/.installed
+
+# Every installed distribution must be the version its constraints file names.
+check-pins: install install-label-studio
+	$(PY) .ci/check_pins.py $(REQ)/dev.txt
+	$(LS_VENV)/bin/python .ci/check_pins.py $(REQ)/label-studio.txt
 
 test: install install-label-studio
 	SQSAM_LABEL_STUDIO_BIN=$(abspath $(LS_VENV))/bin/label-studio $(PY) -m pytest -q
@@ -38,5 +48,27 @@ eval: install
 bench: install
 	$(VENV)/bin/sqsam bench
 
+$(TOOLS_VENV)/.installed:
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install -q "pip-tools>=7.4"
+	touch $@
+
+# Refresh every constraints file from the newest releases (run `make test-latest` first).
+constraints: $(TOOLS_VENV)/.installed
+	$(COMPILE) --upgrade --extra train --extra label-studio --extra cvat --extra bench --extra dev \
+		-o $(REQ)/dev.txt pyproject.toml $(REQ)/torch-cpu.in
+	$(COMPILE) --upgrade --extra label-studio -o $(REQ)/docker.txt pyproject.toml
+	$(COMPILE) --upgrade -o $(REQ)/label-studio.txt $(REQ)/label-studio.in
+
+# Newest releases, in throw-away venvs: what `make constraints` would pin, tested before it is.
+LATEST := .latest
+test-latest: $(TOOLS_VENV)/.installed
+	rm -rf $(LATEST) && mkdir -p $(LATEST)/requirements
+	cp $(REQ)/*.in $(LATEST)/requirements/
+	$(COMPILE) --upgrade --extra train --extra label-studio --extra cvat --extra bench --extra dev \
+		-o $(LATEST)/requirements/dev.txt pyproject.toml $(REQ)/torch-cpu.in
+	$(COMPILE) --upgrade -o $(LATEST)/requirements/label-studio.txt $(REQ)/label-studio.in
+	$(MAKE) test REQ=$(LATEST)/requirements VENV=$(LATEST)/venv LS_VENV=$(LATEST)/venv-label-studio
+
 clean:
-	rm -rf $(VENV) $(LS_VENV)
+	rm -rf $(VENV) $(LS_VENV) $(TOOLS_VENV) $(LATEST)

@@ -1,11 +1,11 @@
 """End to end against a real Label Studio (pip ``label-studio``) started here on 127.0.0.1.
 
 The executable comes from ``$SQSAM_LABEL_STUDIO_BIN`` (a file, or a venv folder), else
-``<repo>/.lsvenv``, ``/work/lsvenv``, then ``label-studio`` on PATH. Label Studio pins many
-packages, so CI installs it in a virtual environment of its own::
+``<repo>/.venv-label-studio``, then ``label-studio`` on PATH. Label Studio pins many packages, so
+it lives in a virtual environment of its own, built from the committed constraints::
 
-    python -m venv .lsvenv && .lsvenv/bin/pip install "label-studio>=1.23,<2"
-    SQSAM_LABEL_STUDIO_BIN=.lsvenv/bin/label-studio python -m pytest tests/test_label_studio_e2e.py
+    make install-label-studio
+    .venv/bin/python -m pytest tests/test_label_studio_e2e.py
 
 Flow, as a person would do it: create a project with a brush config, import a GrabCut image,
 connect the sqsam backend (``POST /api/ml``, ``is_interactive: true``), open the task (Label
@@ -32,7 +32,7 @@ brush = pytest.importorskip("label_studio_sdk.converter.brush", reason="label-st
 from sqsam_core.geometry import interior_point, mask_iou  # noqa: E402
 from sqsam_label_studio.cli import template  # noqa: E402
 from sqsam_label_studio.images import ImageLoader  # noqa: E402
-from sqsam_label_studio.lsproc import BackgroundServer, LabelStudioServer, find_label_studio  # noqa: E402
+from sqsam_label_studio.lsproc import LS_VENV, BackgroundServer, LabelStudioServer, find_label_studio  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,17 +52,13 @@ def _label_studio_bin() -> str | None:
     explicit = os.environ.get("SQSAM_LABEL_STUDIO_BIN")
     if explicit:
         return find_label_studio(explicit)
-    for venv in (REPO / ".lsvenv", Path("/work/lsvenv")):
-        found = find_label_studio(str(venv))
-        if found:
-            return found
-    return shutil.which("label-studio")
+    return find_label_studio(str(REPO / LS_VENV)) or shutil.which("label-studio")
 
 
 LS_BIN = _label_studio_bin()
 pytestmark = pytest.mark.skipif(
     LS_BIN is None,
-    reason="label-studio is not installed: python -m venv .lsvenv && .lsvenv/bin/pip install label-studio "
+    reason=f"label-studio is not installed: `make install-label-studio` builds {LS_VENV} "
            "(or set SQSAM_LABEL_STUDIO_BIN)")
 
 

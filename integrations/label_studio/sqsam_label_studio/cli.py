@@ -14,13 +14,16 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from .lsproc import LS_INSTALL, LS_VENV
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 TEMPLATES = {"brush": "brush.xml", "polygon": "polygon.xml", "both": "brush_polygon.xml"}
 INSTALL_HINT = (
-    "Label Studio is not installed. It pins many packages, so give it a virtual environment of its own:\n"
-    "  python -m venv ~/.sqsam-ls && ~/.sqsam-ls/bin/pip install label-studio\n"
-    "then run again with --label-studio-bin ~/.sqsam-ls/bin/label-studio "
-    "(or export SQSAM_LABEL_STUDIO_BIN=~/.sqsam-ls/bin/label-studio)."
+    "Label Studio is not installed. It pins many packages, so it gets a virtual environment of its own, "
+    "built from the constraints in sqsam's repository:\n"
+    "  make install-label-studio      # or: " + LS_INSTALL + "\n"
+    "sqsam demo then finds ./" + LS_VENV + "; elsewhere pass --label-studio-bin PATH "
+    "(or export SQSAM_LABEL_STUDIO_BIN=PATH)."
 )
 
 

@@ -1,8 +1,9 @@
 """Run a local Label Studio (from its pip package) and drive it over its REST API.
 
-Used by ``sqsam demo`` and by the end-to-end test. Label Studio pins many packages, so install it
-in a virtual environment of its own and point ``SQSAM_LABEL_STUDIO_BIN`` (or ``--label-studio-bin``)
-at its ``label-studio`` executable. The server listens on 127.0.0.1 only.
+Used by ``sqsam demo`` and by the end-to-end test. Label Studio pins many packages, so it lives in
+a virtual environment of its own, ``.venv-label-studio`` (``make install-label-studio`` builds it from
+``requirements/label-studio.txt``); ``SQSAM_LABEL_STUDIO_BIN`` (or ``--label-studio-bin``) points
+at another ``label-studio`` executable. The server listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -19,17 +20,26 @@ from pathlib import Path
 from typing import Any, Iterable
 
 ENV_BIN = "SQSAM_LABEL_STUDIO_BIN"
+#: The one name of Label Studio's own venv (the Makefile, the demo and the tests use it).
+LS_VENV = ".venv-label-studio"
+#: How to build that venv by hand, from the constraints the repository commits.
+LS_INSTALL = (f"python -m venv {LS_VENV} && {LS_VENV}/bin/pip install "
+              "-c requirements/label-studio.txt -r requirements/label-studio.in")
 
 
 def find_label_studio(explicit: str | None = None) -> str | None:
-    """The ``label-studio`` executable: ``explicit``, ``$SQSAM_LABEL_STUDIO_BIN``, or on PATH."""
+    """The ``label-studio`` executable: ``explicit``, ``$SQSAM_LABEL_STUDIO_BIN``, ``./.venv-label-studio``,
+    or on PATH (a venv folder is accepted wherever a path is)."""
     for candidate in (explicit, os.environ.get(ENV_BIN)):
         if candidate:
-            path = Path(candidate).expanduser()
-            if path.is_dir():
-                path = path / "bin" / "label-studio"  # a venv directory
-            return str(path) if path.is_file() and os.access(path, os.X_OK) else None
-    return shutil.which("label-studio")
+            return _executable(Path(candidate).expanduser())
+    return _executable(Path(LS_VENV)) or shutil.which("label-studio")
+
+
+def _executable(path: Path) -> str | None:
+    if path.is_dir():
+        path = path / "bin" / "label-studio"  # a venv directory
+    return str(path.absolute()) if path.is_file() and os.access(path, os.X_OK) else None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -86,12 +96,13 @@ class LabelStudioServer:
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env, cwd=str(self.data_dir),
                                          start_new_session=True)
+        process = self.process
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = self.log_tail()
+            code = process.poll()
+            if code is not None:
                 self.stop()
-                raise LabelStudioError(f"Label Studio exited with code {self.process.returncode}:\n{tail}")
+                raise LabelStudioError(self._failure(f"exited with code {code} during start-up", process))
             try:
                 if requests.get(self.url + "/health", timeout=2).status_code == 200:
                     return self
@@ -99,13 +110,21 @@ class LabelStudioServer:
                 pass
             time.sleep(1.0)
         self.stop()
-        raise LabelStudioError(f"Label Studio did not answer on {self.url} within {timeout:.0f} s:\n{self.log_tail()}")
+        raise LabelStudioError(self._failure(f"did not answer on {self.url}/health within {timeout:.0f} s "
+                                             f"(stopped; exit code {process.returncode})", process))
 
-    def log_tail(self, chars: int = 3000) -> str:
+    def _failure(self, what: str, process: subprocess.Popen) -> str:
+        """A start-up failure message: the process, what happened, and the last lines of its log."""
+        return (f"Label Studio ({self.executable}, pid {process.pid}) {what}. "
+                f"Last lines of {self.log_path}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 25) -> str:
+        """The last ``lines`` lines of the server's log ('' if it cannot be read)."""
         try:
-            return self.log_path.read_text(errors="replace")[-chars:]
+            text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop the process we started (by its PID / its own process group), bounded."""

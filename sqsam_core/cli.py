@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sqsam_core import __version__
+from sqsam_core.contract import GRANULARITIES
 from sqsam_core.errors import InvalidPromptError, SqsamError
 
 #: Optional modules that contribute subcommands via ``register_commands(subparsers)``.
@@ -36,6 +37,7 @@ COMMAND_MODULES = (
     "sqsam_core.loadtest",
     "sqsam_core.annotate.command",
     "sqsam_label_studio.cli",
+    "sqsam_train.finetune_cli",
     "sqsam_cvat.cli",
 )
 
@@ -197,7 +199,7 @@ def cmd_predict(args) -> int:
 
     model = _load_model(args)
     start = time.perf_counter()
-    pred = model.predict_history(image, clicks, box=box)
+    pred = model.predict_history(image, clicks, box=box, granularity=args.granularity)
     ms = (time.perf_counter() - start) * 1000.0
 
     if args.out:
@@ -281,14 +283,19 @@ def cmd_automask(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from sqsam_core import evaluation
+    from sqsam_core import evaluation, partwhole
 
     root = Path(args.dataset_dir)
-    if not root.is_dir():
-        raise CliError(f"{root}: no such directory")
-    if not (root / "images").is_dir() or not (root / "masks").is_dir():
+    annotations = None
+    if root.is_file():  # a COCO instances JSON or a Label Studio JSON export
+        from sqsam_core.datasets import read_annotations
+
+        annotations = read_annotations(root, images_dir=args.images)
+    elif not root.is_dir():
+        raise CliError(f"{root}: no such file or directory")
+    elif not (root / "images").is_dir() or not (root / "masks").is_dir():
         raise CliError(f"{root}: a data set folder must hold images/ and masks/")
-    if not any((root / "masks").glob("*.png")):
+    elif not any((root / "masks").glob("*.png")):
         raise CliError(f"{root / 'masks'}: no .png masks")
     _check_output_dir(args.json)
     _check_output_dir(args.plot)
@@ -296,11 +303,15 @@ def cmd_eval(args) -> int:
         _require_matplotlib()
 
     model = _load_model(args)
-    report = evaluation.evaluate_dataset(
-        model, root, max_clicks=args.max_clicks, limit=args.limit,
+    evaluate = evaluation.evaluate_dataset if annotations is None else evaluation.evaluate_annotations
+    report = evaluate(
+        model, root if annotations is None else annotations, max_clicks=args.max_clicks, limit=args.limit,
         zero_click=not args.no_zero_click, progress=not args.no_progress,
     )
     print(evaluation.format_report(report))
+    if annotations is None and partwhole.has_parts(root) and not args.no_parts:
+        report["part_whole"] = partwhole.evaluate_parts(model, root, limit=args.limit, progress=not args.no_progress)
+        print(partwhole.format_part_report(report["part_whole"]))
     if args.json:
         _write_text(args.json, json.dumps(report, indent=2) + "\n")
         print(f"report: {args.json}")
@@ -413,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a click: X,Y or X,Y,+ positive, X,Y,- negative (repeat, oldest first; "
                         "write --click=-X,Y for a value starting with '-')")
     p.add_argument("--box", metavar="X0,Y0,X1,Y1", help="a box around the object, pixels")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="whole",
+                   help="what a single click selects: the whole object holding it (default) or the clicked part")
     p.add_argument("--out", metavar="MASK.png", help="write the mask (PNG, 255 = object)")
     p.add_argument("--overlay", metavar="OVERLAY.png", help="write the mask tinted over the image, clicks drawn")
     p.add_argument("--json", action="store_true",
@@ -439,7 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate on DATASET_DIR (images/ and masks/, 255 object, 128 ignore) with the RITM "
                     "protocol: NoC@85/90, NoF@85/90, mIoU@k, zero-click IoU, per-click latency.",
     )
-    p.add_argument("dataset_dir", metavar="DATASET_DIR", help="folder holding images/ and masks/")
+    p.add_argument("dataset_dir", metavar="DATASET_DIR",
+                   help="folder holding images/ and masks/, a COCO instances JSON or a Label Studio JSON export")
+    p.add_argument("--images", metavar="DIR", default=None,
+                   help="where a JSON's image files are (default: beside it, or in images/ beside it)")
     p.add_argument("--max-clicks", type=positive_int, default=20, metavar="N", help="clicks per object (default 20)")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N objects")
     p.add_argument("--json", metavar="OUT.json", help="write the full report (with per-object IoUs)")
@@ -450,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every click sees the whole image (default: zoom-in from the second click)")
     p.add_argument("--no-edge-refine", action="store_true",
                    help="masks as the network upsamples them (default: uncertain boundary snapped to image edges)")
+    p.add_argument("--no-parts", action="store_true",
+                   help="skip the part/whole clicks a folder with labels/ (part label maps) also gets")
     _add_model_options(p)
     p.set_defaults(func=cmd_eval)
 

@@ -23,6 +23,12 @@ DEFAULT_CLICK_RADIUS = 5.0
 DEFAULT_MEAN = (0.485, 0.456, 0.406)
 DEFAULT_STD = (0.229, 0.224, 0.225)
 
+#: What each hypothesis means for a single click, in order, in models that declare it
+#: (``sqsam.hypotheses``): 0 the whole object holding the click, 1 the clicked part. Models without
+#: the key were trained best-of-K: any hypothesis may be either, and the best-scored one is shown.
+HYPOTHESES = ("whole", "part")
+GRANULARITIES = HYPOTHESES
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -40,9 +46,11 @@ class ModelSpec:
     std: tuple[float, float, float]
     contract_version: int
     model_version: str
+    hypotheses: tuple[str, ...] = ()  # the meaning of each hypothesis for a single click; () = best-of-K
 
     def to_metadata(self) -> dict[str, str]:
-        return {
+        meanings = {"sqsam.hypotheses": ",".join(self.hypotheses)} if self.hypotheses else {}
+        return meanings | {
             "sqsam.contract_version": str(self.contract_version),
             "sqsam.model_version": self.model_version,
             "sqsam.input_size": str(self.input_size),
@@ -72,6 +80,7 @@ class ModelSpec:
                 std=tuple(float(v) for v in json.loads(get("std"))),
                 contract_version=int(get("contract_version")),
                 model_version=get("model_version"),
+                hypotheses=tuple(h for h in meta.get("sqsam.hypotheses", "").split(",") if h),
             )
         except (TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"model metadata is malformed: {exc}") from None
@@ -87,18 +96,31 @@ class ModelSpec:
 def is_ambiguous_prompt(num_clicks: int, has_box: bool) -> bool:
     """True for the one prompt that may mean a part or the whole: a single click, no box.
 
-    Training takes the best of the K hypotheses for it and hypothesis 0 for every other prompt;
-    :func:`choose_hypothesis` presents accordingly.
+    Training gives the hypotheses their meanings (:data:`HYPOTHESES`) for it and trains
+    hypothesis 0 for every other prompt; :func:`choose_hypothesis` presents accordingly.
     """
     return num_clicks == 1 and not has_box
 
 
-def choose_hypothesis(scores: np.ndarray, num_clicks: int, has_box: bool) -> int:
+def choose_hypothesis(scores: np.ndarray, num_clicks: int, has_box: bool, granularity: str = "whole",
+                      hypotheses: tuple[str, ...] = ()) -> int:
     """Index of the mask hypothesis to present, given ``(K,)`` predicted IoUs.
 
-    An ambiguous prompt (a single click: part or whole?) takes the best-scored hypothesis. With no
-    prompt at all, hypothesis 0 is trained for the salient object; with two or more clicks or a
-    box the prompt is specific and hypothesis 0 is trained for it (as in SAM's multimask
-    convention), which keeps refinement stable from click to click.
+    With two or more clicks or a box the prompt is specific and hypothesis 0 is trained for it (as
+    in SAM's multimask convention), which keeps refinement stable from click to click; with no
+    prompt at all, hypothesis 0 is trained for the salient object. An ambiguous prompt (a single
+    click: part or whole?) takes the hypothesis whose meaning is ``granularity`` in a model that
+    declares ``hypotheses`` (:data:`HYPOTHESES`); in a best-of-K model it takes the best-scored
+    hypothesis for "whole" and, for "part", the best-scored of the others.
     """
-    return int(np.argmax(scores)) if is_ambiguous_prompt(num_clicks, has_box) else 0
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {granularity!r}")
+    if not is_ambiguous_prompt(num_clicks, has_box):
+        return 0
+    if granularity in hypotheses:
+        return hypotheses.index(granularity)
+    best = int(np.argmax(scores))
+    if granularity == "whole" or len(scores) < 2:
+        return best
+    others = [i for i in range(len(scores)) if i != best]
+    return max(others, key=lambda i: scores[i])

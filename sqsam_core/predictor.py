@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from sqsam_core import edges, geometry
-from sqsam_core.contract import ModelSpec, choose_hypothesis
+from sqsam_core.contract import GRANULARITIES, ModelSpec, choose_hypothesis
 from sqsam_core.errors import InvalidPromptError, ModelFileError
 from sqsam_core.imageio import to_rgb_array
 
@@ -295,13 +295,17 @@ class SqueezeSAM:
     # ----------------------------------------------------------------------------------------
 
     def predict(self, image, clicks: Sequence[Sequence] = (), box: Sequence[float] | None = None,
-                prev: Prediction | None = None, cache_key: str | None = None) -> Prediction:
+                prev: Prediction | None = None, cache_key: str | None = None,
+                granularity: str = "whole") -> Prediction:
         """One model pass.
 
         ``clicks``: ``(x, y, positive)`` in image pixels, oldest first. ``box``: ``(x0, y0, x1,
         y1)`` image pixels. ``prev``: an earlier :class:`Prediction` on this image, fed back as
-        the previous mask. No clicks and no box = the most salient object.
+        the previous mask. No clicks and no box = the most salient object. ``granularity``:
+        what a single click selects, ``"whole"`` (the object holding the click, the default) or
+        ``"part"`` (the clicked part: a garment, a wheel); later clicks refine the mask shown.
         """
+        check_granularity(granularity)
         prepared = self.prepare(image, cache_key)
         letterbox = prepared.box
         clean_clicks = validate_clicks(clicks, letterbox.height, letterbox.width)
@@ -315,7 +319,7 @@ class SqueezeSAM:
         inputs = self._model_inputs(prepared, view, clean_clicks, clean_box, prev)
         masks, iou = self.backend(inputs)
         scores = np.asarray(iou, dtype=np.float32).reshape(-1)
-        index = choose_hypothesis(scores, len(clean_clicks), clean_box is not None)
+        index = choose_hypothesis(scores, len(clean_clicks), clean_box is not None, granularity, self.spec.hypotheses)
         low_res = np.asarray(masks[0], dtype=np.float32)
         mask = self._presented_mask(prepared, view, low_res[index], refine=bool(clean_clicks))
         return Prediction(low_res, scores, index, view, self.spec.stride, tuple(clean_clicks), clean_box,
@@ -354,20 +358,21 @@ class SqueezeSAM:
                                                   view.crop(prepared.grey), 1.0))
 
     def predict_history(self, image, clicks: Sequence[Sequence], box: Sequence[float] | None = None,
-                        cache_key: str | None = None) -> Prediction:
+                        cache_key: str | None = None, granularity: str = "whole") -> Prediction:
         """Predict from a whole click history, as the model is trained and evaluated.
 
         Annotation tools send every click of an object with each request. This replays the
         history one click at a time, feeding each prediction back as the previous mask (the
         RITM protocol), and remembers every prefix, so the usual request (one click more than
-        the last) costs a single model pass.
+        the last) costs a single model pass. ``granularity`` as in :meth:`predict`.
         """
+        check_granularity(granularity)
         prepared = self.prepare(image, cache_key)
         clean_clicks = validate_clicks(clicks, prepared.box.height, prepared.box.width)
         clean_box = validate_box(box, prepared.box.height, prepared.box.width)
         prev, start = None, 0
         for n in range(len(clean_clicks), 0, -1):
-            hit = self.history.get(_history_key(prepared.key, clean_clicks[:n], clean_box))
+            hit = self.history.get(_history_key(prepared.key, clean_clicks[:n], clean_box, granularity))
             if hit is not None:
                 prev, start = hit, n
                 break
@@ -376,8 +381,8 @@ class SqueezeSAM:
         if not clean_clicks:
             return self.predict(prepared, (), clean_box)
         for n in range(max(start, 0) + 1, len(clean_clicks) + 1):
-            prev = self.predict(prepared, clean_clicks[:n], clean_box, prev=prev)
-            self.history.put(_history_key(prepared.key, clean_clicks[:n], clean_box), prev)
+            prev = self.predict(prepared, clean_clicks[:n], clean_box, prev=prev, granularity=granularity)
+            self.history.put(_history_key(prepared.key, clean_clicks[:n], clean_box, granularity), prev)
         return prev
 
     def _model_inputs(self, prepared: PreparedImage, view: geometry.View, clicks, box, prev) -> dict[str, np.ndarray]:
@@ -474,8 +479,14 @@ def zoom_source(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
 
 
-def _history_key(image_key: str, clicks, box) -> str:
-    return f"{image_key}|{box}|{tuple(clicks)}"
+def _history_key(image_key: str, clicks, box, granularity: str) -> str:
+    return f"{image_key}|{box}|{granularity}|{tuple(clicks)}"
+
+
+def check_granularity(granularity: str) -> None:
+    """Raise :class:`InvalidPromptError` unless ``granularity`` is one of ``contract.GRANULARITIES``."""
+    if granularity not in GRANULARITIES:
+        raise InvalidPromptError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {granularity!r}")
 
 
 def validate_clicks(clicks: Sequence[Sequence], height: int, width: int) -> list[geometry.Click]:

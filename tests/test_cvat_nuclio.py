@@ -161,6 +161,7 @@ BAD_INTERACTOR_REQUESTS = [
     ({"image": "FRAME", "pos_points": [["5", 5]], "neg_points": []}, "must be a number"),
     ({"image": "FRAME", "pos_points": [[5, 5]], "neg_points": [], "obj_bbox": [[1, 1]]}, "obj_bbox"),
     ({"image": b64(huge_jpeg_bytes()), "pos_points": [[5, 5]], "neg_points": []}, "MP limit|too large"),
+    ({"image": "FRAME", "pos_points": [[5, 5]], "neg_points": [], "granularity": "sleeve"}, "granularity must be"),
 ]
 
 

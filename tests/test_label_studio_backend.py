@@ -79,8 +79,9 @@ class ComponentModel:
         fg = (np.abs(image.astype(int) - 60).sum(-1) > 30).astype(np.uint8)
         return cv2.connectedComponents(fg, connectivity=4)[1]
 
-    def predict_history(self, image, clicks, box=None, cache_key=None):
-        self.calls.append({"clicks": list(clicks), "box": box, "cache_key": cache_key, "shape": image.shape})
+    def predict_history(self, image, clicks, box=None, cache_key=None, granularity="whole"):
+        self.calls.append({"clicks": list(clicks), "box": box, "cache_key": cache_key, "shape": image.shape,
+                           "granularity": granularity})
         labels = self._components(image)
         mask = np.zeros(labels.shape, bool)
         for x, y, positive in clicks:
@@ -340,6 +341,21 @@ def test_interactive_positive_keypoint(client, model):
     (cx, cy, positive), = model.calls[-1]["clicks"]
     assert positive and abs(cx - 50) < 1e-6 and abs(cy - 35) < 1e-6
     assert r.headers.get("X-Sqsam-Elapsed-Ms")
+
+
+def test_granularity_is_a_project_extra_param(fake_ls, model):
+    client = make_client(fake_ls, model)
+    ctx = {"result": [keypoint(*pct(50, 35))]}
+    assert client.post("/predict", json=predict_payload([task()], context=ctx)).status_code == 200
+    assert model.calls[-1]["granularity"] == "whole"
+    client.post("/setup", json={"project": "1.1700000000", "schema": BRUSH,
+                                "extra_params": json.dumps({"granularity": "part"})})
+    assert client.post("/predict", json=predict_payload([task()], context=ctx)).status_code == 200
+    assert model.calls[-1]["granularity"] == "part"
+    client.post("/setup", json={"project": "1.1700000000", "schema": BRUSH,
+                                "extra_params": json.dumps({"granularity": "sleeve"})})
+    r = client.post("/predict", json=predict_payload([task()], context=ctx))
+    assert r.status_code == 422 and "granularity" in r.get_json()["error"]
 
 
 def test_keypoint_without_is_positive_is_positive(client):

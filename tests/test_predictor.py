@@ -144,9 +144,29 @@ def test_prev_mask_moves_between_views(fixture_model_path):
 def test_choose_hypothesis_argmax_only_for_a_single_click():
     scores = np.array([0.2, 0.9, 0.5])
     assert choose_hypothesis(scores, num_clicks=1, has_box=False) == 1  # ambiguous: best-scored
+    assert choose_hypothesis(scores, num_clicks=1, has_box=False, granularity="part") == 2  # the next best
     assert choose_hypothesis(scores, num_clicks=0, has_box=False) == 0  # no prompt: the salient object
     assert choose_hypothesis(scores, num_clicks=2, has_box=False) == 0
     assert choose_hypothesis(scores, num_clicks=1, has_box=True) == 0
+
+
+def test_choose_hypothesis_follows_declared_meanings():
+    scores = np.array([0.2, 0.9, 0.5])
+    meanings = ("whole", "part")
+    assert choose_hypothesis(scores, 1, False, "whole", meanings) == 0
+    assert choose_hypothesis(scores, 1, False, "part", meanings) == 1
+    assert choose_hypothesis(scores, 3, False, "part", meanings) == 0  # later clicks refine hypothesis 0
+    with pytest.raises(ValueError, match="granularity"):
+        choose_hypothesis(scores, 1, False, "object", meanings)
+
+
+def test_model_spec_round_trips_hypothesis_meanings():
+    from sqsam_core.contract import CONTRACT_VERSION, ModelSpec
+
+    spec = ModelSpec(320, 5.0, 3, 1, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), CONTRACT_VERSION, "t", ("whole", "part"))
+    assert ModelSpec.from_metadata(spec.to_metadata()) == spec
+    legacy = {k: v for k, v in spec.to_metadata().items() if k != "sqsam.hypotheses"}
+    assert ModelSpec.from_metadata(legacy).hypotheses == ()
 
 
 def test_automask_puts_the_saliency_pass_first_then_clicked_regions_by_score(model):

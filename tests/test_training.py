@@ -107,7 +107,7 @@ def test_zoom_views_at_serving_scale_show_objects_as_large_as_serving_does():
     def object_sides(maker):
         rng, sides = np.random.default_rng(3), []
         for _ in range(40):
-            view, valid, target = maker._zoomed_view(image, mask, rng)
+            view, valid, (target,) = maker._zoomed_view(image, [mask], rng)
             assert view.shape == (128, 128, 3) and valid.shape == target.shape == (128, 128)
             assert not (target & ~valid).any()
             x0, y0, x1, y1 = geometry.mask_box(target)
@@ -153,20 +153,27 @@ def test_export_matches_torch_and_runs_in_the_runtime(net, tmp_path):
     assert geometry.mask_iou(a.mask, b.mask) > 0.98
 
 
-def test_one_click_takes_the_best_hypothesis_but_zero_prompt_trains_hypothesis_zero():
+def test_one_click_without_a_known_part_trains_hypothesis_zero_most_and_zero_prompt_only_it():
     size = 16
     target = np.zeros((size, size), bool)
     target[4:12, 4:12] = True
     valid = np.ones((size, size), bool)
-    logits = torch.full((2, 3, size // 2, size // 2), -8.0)
-    logits[:, 1, 2:6, 2:6] = 8.0  # hypothesis 1 is the object, 0 and 2 are empty
-    iou = torch.full((2, 3), 0.5)
-    samples = [Sample(np.zeros((size, size, 3), np.uint8), valid, target, [(8.0, 8.0, True)], None, "clicks"),
-               Sample(np.zeros((size, size, 3), np.uint8), valid, target, [], None, "salient")]
-    clicks = [list(s.clicks) for s in samples]
-    _, one_click = train.total_loss(logits[:1], iou[:1], samples[:1], clicks[:1], size)
-    _, zero_prompt = train.total_loss(logits[1:], iou[1:], samples[1:], clicks[1:], size)
-    assert one_click["mask_loss"] < 0.1 < 1.0 < zero_prompt["mask_loss"]
+
+    def logits_with_object_on(index: int) -> torch.Tensor:
+        logits = torch.full((1, 3, size // 2, size // 2), -8.0)
+        logits[:, index, 2:6, 2:6] = 8.0  # hypothesis `index` is the object, the others are empty
+        return logits
+
+    iou = torch.full((1, 3), 0.5)
+    click = Sample(np.zeros((size, size, 3), np.uint8), valid, target, [(8.0, 8.0, True)], None, "clicks")
+    salient = Sample(np.zeros((size, size, 3), np.uint8), valid, target, [], None, "salient")
+    _, on_zero = train.total_loss(logits_with_object_on(0), iou, [click], [click.clicks], size)
+    _, on_one = train.total_loss(logits_with_object_on(1), iou, [click], [click.clicks], size)
+    # hypothesis 0 carries the whole weight, 1 and 2 a quarter each (OTHER_HYPOTHESIS_WEIGHT)
+    assert 2 * on_zero["mask_loss"] < on_one["mask_loss"]
+    _, zero_prompt_right = train.total_loss(logits_with_object_on(0), iou, [salient], [[]], size)
+    _, zero_prompt_wrong = train.total_loss(logits_with_object_on(1), iou, [salient], [[]], size)
+    assert zero_prompt_right["mask_loss"] < 0.1 < 1.0 < zero_prompt_wrong["mask_loss"]
 
 
 def test_boundary_weight_makes_errors_at_the_edge_cost_more_than_errors_inside():
@@ -561,8 +568,9 @@ def test_set_weights_decide_how_often_each_training_set_is_drawn():
     drawn = [SampleMaker(sets, set_weights={"ECSSD": 0.9, "COCO_MVal": 0.1})._entry(rng).name for _ in range(400)]
     share = sum(name.startswith("ECSSD/") for name in drawn) / len(drawn)
     assert 0.85 < share < 0.95
-    assert train.parse_set_weights("ECSSD=0.45,COCO_MVal=0.2,COCO128=0.2,Human=0.15")["ECSSD"] == 0.45
-    for bad in ("ECSSD=0.5", "ECSSD=x,COCO_MVal=1,COCO128=1,Human=1", "ECSSD=0,COCO_MVal=1,COCO128=1,Human=1"):
+    assert train.parse_set_weights("ECSSD=0.45,COCO_MVal=0.2,COCO128=0.2,Human=0.15,CCP=0.1")["ECSSD"] == 0.45
+    for bad in ("ECSSD=0.5", "ECSSD=x,COCO_MVal=1,COCO128=1,Human=1,CCP=1", "ECSSD=0,COCO_MVal=1,COCO128=1,Human=1,CCP=1",
+                "ECSSD=1,COCO_MVal=1,COCO128=1,Human=1"):
         with pytest.raises(Exception, match="SET=WEIGHT|weight > 0"):
             train.parse_set_weights(bad)
 
@@ -603,3 +611,74 @@ def test_sigterm_to_the_process_group_ends_training_after_the_step_with_a_checkp
     assert process.returncode == 0, output
     step = torch.load(tmp_path / "last.ckpt", weights_only=False)["step"]
     assert 20 <= step < 100000 and f"terminated: stopping at step {step}" in output
+
+
+# --------------------------------------------------------------------------------------------
+# Part and whole
+# --------------------------------------------------------------------------------------------
+
+
+def _person_with_parts(size: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic label map: a 'person' (labels 1-3 stacked) and a tiny label 4 under 2 %."""
+    labels = np.zeros((size, size), np.uint8)
+    labels[20:80, 60:140] = 1  # 4,800 px
+    labels[80:150, 50:150] = 2  # 7,000 px
+    labels[150:190, 70:130] = 3  # 2,400 px
+    labels[185:190, 70:75] = 4  # 25 px: under 2 % and under MIN_OBJECT_PIXELS
+    image = np.stack([labels * 50, 255 - labels * 40, np.full_like(labels, 90)], axis=-1).astype(np.uint8)
+    return labels, image
+
+
+def test_part_masks_keep_parts_over_two_percent_of_the_whole():
+    from sqsam_train.data import MIN_OBJECT_PIXELS, MIN_PART_SHARE, part_masks
+
+    labels, _ = _person_with_parts()
+    whole, parts = part_masks(labels, MIN_PART_SHARE, MIN_OBJECT_PIXELS)
+    assert whole.sum() == (labels > 0).sum()
+    assert sorted(int(p.sum()) for p in parts) == [2400 - 25, 4800, 7000]
+    assert all(not (p & ~whole).any() for p in parts)
+
+
+def test_part_samples_click_a_part_and_carry_its_whole():
+    from sqsam_train.data import MIN_OBJECT_PIXELS, MIN_PART_SHARE, part_masks
+
+    labels, image = _person_with_parts()
+    whole, parts = part_masks(labels, MIN_PART_SHARE, MIN_OBJECT_PIXELS)
+    maker = SampleMaker({"CCP": [Entry("CCP/synthetic", image, [whole], parts)]}, crop=128, input_size=160,
+                        salient_share=0.0, box_share=0.0, set_weights={"CCP": 1.0})
+    rng = np.random.default_rng(5)
+    seen_part_targets = 0
+    for _ in range(30):
+        s = maker.sample(rng)
+        assert s.part is not None and s.whole is not None
+        x, y, positive = s.clicks[0]
+        assert positive and s.part[int(y), int(x)], "the first click lands on the part"
+        assert not (s.part & ~s.whole).any()
+        assert np.array_equal(s.target, s.whole) or np.array_equal(s.target, s.part)
+        seen_part_targets += train.aims_at_part(s)
+    assert 5 < seen_part_targets < 25  # part_target_share 0.5: corrective clicks aim at either
+
+
+def test_single_click_on_a_part_trains_whole_on_hypothesis_0_and_part_on_1():
+    size = 32
+    whole = np.zeros((size, size), bool)
+    whole[4:28, 4:28] = True
+    part = np.zeros_like(whole)
+    part[4:14, 4:28] = True
+    valid = np.ones_like(whole)
+    sample = Sample(np.zeros((size, size, 3), np.uint8), valid, whole, [(10.0, 8.0, True)], None, "clicks",
+                    "CCP/x", whole, part)
+    big = 12.0
+
+    def logits(first: np.ndarray, second: np.ndarray) -> torch.Tensor:
+        maps = [np.where(first, big, -big), np.where(second, big, -big), np.where(whole, big, -big)]
+        return torch.from_numpy(np.stack(maps)[None].astype(np.float32))
+
+    iou = torch.ones(1, 3)
+    right, _ = train.total_loss(logits(whole, part), iou, [sample], [sample.clicks], size)
+    swapped, _ = train.total_loss(logits(part, whole), iou, [sample], [sample.clicks], size)
+    assert right.item() < 0.1 < swapped.item()
+    # two clicks: the prompt is specific, only hypothesis 0 (the target) counts
+    two = [sample.clicks + [(20.0, 20.0, True)]]
+    specific, _ = train.total_loss(logits(whole, whole), iou, [sample], two, size)
+    assert specific.item() < 0.1

@@ -9,6 +9,9 @@ at inference with input side ``S``), produced by :class:`SampleMaker`:
 * ``clicks`` list of ``(x, y, positive)`` in crop pixels (x = column)
 * ``box``    ``(x0, y0, x1, y1)`` crop pixels or None
 * ``mode``   "clicks", "box" or "salient" (no prompt: the salient object)
+* ``whole``, ``part`` (crop, crop) bool or None — for a click on a known part (a CCP garment, one
+  instance of a touching group): the object that holds it and the part itself. A single click then
+  trains hypothesis 0 on ``whole`` and hypothesis 1 on ``part`` (``contract.HYPOTHESES``).
 
 Click simulation follows RITM: a first positive click biased to the object's interior, a few
 extra random clicks some of the time; the iterative corrective clicks are added by the training
@@ -28,11 +31,13 @@ import numpy as np
 
 from sqsam_core.evaluation import image_stem_for_mask
 from sqsam_core.geometry import mask_box
+from sqsam_core.partwhole import MIN_PART_SHARE, part_masks
 
 MAX_SIDE = 448  # images are cached with their longer side at most this many pixels
 MIN_OBJECT_PIXELS = 150  # objects smaller than this (after caching) are not used as targets
 SALIENT_SETS = ("ECSSD", "Human")  # one main object per image: the zero-click targets
-SET_WEIGHTS = {"ECSSD": 0.25, "COCO_MVal": 0.25, "COCO128": 0.3, "Human": 0.2}
+PART_SETS = ("CCP",)  # label maps: the whole object is label > 0, each label id one part
+SET_WEIGHTS = {"ECSSD": 0.25, "COCO_MVal": 0.25, "COCO128": 0.3, "Human": 0.2, "CCP": 0.2}
 
 
 @dataclass
@@ -42,6 +47,7 @@ class Entry:
     name: str
     image: np.ndarray  # (H, W, 3) uint8
     masks: list[np.ndarray] = field(default_factory=list)  # each (H, W) bool
+    parts: list[np.ndarray] = field(default_factory=list)  # (H, W) bool parts of masks[0] (part sets only)
 
 
 def set_name(entry_name: str) -> str:
@@ -85,12 +91,30 @@ def load_set(set_dir: Path) -> tuple[list[Entry], list[Entry]]:
     return train, val
 
 
+def load_part_set(set_dir: Path) -> tuple[list[Entry], list[Entry]]:
+    """Load a part-labelled set (``images/``, ``labels/<stem>.png`` label maps) into (train, validation)."""
+    train, val = [], []
+    for label_path in sorted((set_dir / "labels").glob("*.png")):
+        image_path = next((p for p in (set_dir / "images").glob(f"{label_path.stem}.*")), None)
+        if image_path is None:
+            continue
+        rgb = cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        labels = _downscale(cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED), cv2.INTER_NEAREST)
+        whole, parts = part_masks(labels, MIN_PART_SHARE, MIN_OBJECT_PIXELS)
+        if whole.sum() < MIN_OBJECT_PIXELS:
+            continue
+        entry = Entry(f"{set_dir.name}/{label_path.stem}", _downscale(rgb, cv2.INTER_AREA), [whole], parts)
+        (val if is_validation(entry.name) else train).append(entry)
+    return train, val
+
+
 def load_training_data(data_root: Path, cache: Path | None = None) -> dict[str, tuple[list[Entry], list[Entry]]]:
     """All sets of ``data_root/train``; a pickle cache makes restarts fast."""
     if cache is not None and cache.exists():
         with cache.open("rb") as fh:
             return pickle.load(fh)
-    sets = {name: load_set(data_root / "train" / name) for name in SET_WEIGHTS}
+    sets = {name: (load_part_set if name in PART_SETS else load_set)(data_root / "train" / name)
+            for name in SET_WEIGHTS if (data_root / "train" / name).is_dir()}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with cache.open("wb") as fh:
@@ -179,6 +203,8 @@ class Sample:
     box: tuple[float, float, float, float] | None
     mode: str
     source: str = ""  # Entry.name, "<set>/<stem>"
+    whole: np.ndarray | None = None  # (crop, crop) bool: the object holding the clicked part
+    part: np.ndarray | None = None  # (crop, crop) bool: the clicked part
 
 
 class SampleMaker:
@@ -187,9 +213,10 @@ class SampleMaker:
     def __init__(self, sets: dict[str, list[Entry]], crop: int = 256, input_size: int = 320,
                  salient_share: float = 0.12, box_share: float = 0.15, paste_share: float = 0.15,
                  merge_share: float = 0.15, zoom_share: float = 0.3, zoom_at_serving_scale: bool = False,
-                 set_weights: dict[str, float] | None = None):
+                 set_weights: dict[str, float] | None = None, part_target_share: float = 0.5):
         self.sets = {k: v for k, v in sets.items() if v}
         self.set_weights = dict(SET_WEIGHTS if set_weights is None else set_weights)
+        self.part_target_share = part_target_share  # part-set samples whose corrective clicks aim at the part
         self.crop, self.input_size = crop, input_size
         self.salient_share, self.box_share = salient_share, box_share
         self.paste_share, self.merge_share = paste_share, merge_share
@@ -221,45 +248,62 @@ class SampleMaker:
 
     def _prompted(self, rng: np.random.Generator) -> Sample:
         entry = self._entry(rng)
-        index = int(rng.integers(len(entry.masks)))
-        target = entry.masks[index]
-        if len(entry.masks) > 1 and rng.random() < self.merge_share:
-            target = touching_union(entry.masks, index, rng)
-        image = entry.image
-        if rng.random() < 0.5:
-            image, target = image[:, ::-1], target[:, ::-1]
-        if rng.random() < self.zoom_share:
-            image, valid, target = self._zoomed_view(np.ascontiguousarray(image), np.ascontiguousarray(target), rng)
+        whole = part = None  # set when the first click lands on a known part of a known whole
+        if entry.parts:
+            part = entry.parts[int(rng.integers(len(entry.parts)))]
+            whole = entry.masks[0]
+            target = part if rng.random() < self.part_target_share else whole
         else:
-            image, valid, target = self._scaled_window(np.ascontiguousarray(image), np.ascontiguousarray(target), rng)
+            index = int(rng.integers(len(entry.masks)))
+            target = entry.masks[index]
+            if len(entry.masks) > 1 and rng.random() < self.merge_share:
+                merged = touching_union(entry.masks, index, rng)
+                if merged is not target:  # one instance of a touching group: part and whole
+                    target, whole, part = merged, merged, entry.masks[index]
+        image = entry.image
+        layers = [target] + ([whole, part] if part is not None else [])
+        if rng.random() < 0.5:
+            image, layers = image[:, ::-1], [m[:, ::-1] for m in layers]
+        image, layers = np.ascontiguousarray(image), [np.ascontiguousarray(m) for m in layers]
+        if rng.random() < self.zoom_share:
+            image, valid, layers = self._zoomed_view(image, layers, rng)
+        else:
+            image, valid, layers = self._scaled_window(image, layers, rng)
+        target = layers[0]
+        whole, part = (layers[1], layers[2]) if len(layers) == 3 else (None, None)
         if rng.random() < self.paste_share:
-            image = self._paste_on_other_background(image, valid, target, rng)
-        if target.sum() < 30:  # the object left the window: draw again
+            image = self._paste_on_other_background(image, valid, target if whole is None else whole, rng)
+        if target.sum() < 30 or (part is not None and part.sum() < 30):  # the object left the window: draw again
             return self._prompted(rng)
         if rng.random() < self.box_share:
             return Sample(image, valid, target, [], self._jittered_box(target, rng), "box", entry.name)
-        return Sample(image, valid, target, self._initial_clicks(target, valid, rng), None, "clicks", entry.name)
+        clicks = self._initial_clicks(target, valid, rng, first_in=part)
+        return Sample(image, valid, target, clicks, None, "clicks", entry.name, whole, part)
 
-    def _scaled_window(self, image, target, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A ``crop`` window of the image at the scale of the full-image view (first click)."""
+    def _scaled_window(self, image, layers, rng) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """A ``crop`` window of the image at the scale of the full-image view (first click).
+
+        ``layers``: (H, W) bool masks, the target first; all are cut like the image.
+        """
         longer = self.input_size * rng.uniform(0.6, 1.4)
-        image, (target,) = resize_pair(image, [target], longer)
-        top, left = self._window(target, rng)
+        image, layers = resize_pair(image, layers, longer)
+        top, left = self._window(layers[0], rng)
         image = crop_around(color_jitter(image, rng), top, left, self.crop)
-        valid = crop_around(np.ones(target.shape, bool), top, left, self.crop)
-        return image, valid, crop_around(target, top, left, self.crop)
+        valid = crop_around(np.ones(layers[0].shape, bool), top, left, self.crop)
+        return image, valid, [crop_around(m, top, left, self.crop) for m in layers]
 
-    def _zoomed_view(self, image, target, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _zoomed_view(self, image, layers, rng) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """The zoom-in view serving uses after the first click (``geometry.zoom_window``).
 
-        The object's box, expanded by U(1.2, 2.0) around a jittered centre (the runtime's 1.4
-        around a predicted mask that is itself off), cut out of the image and letterboxed
-        top-left. By default (v1-v6) the view's longer side is ``crop x U(0.8, 1.0)``, so the
-        whole view fits the window but objects appear 1.25-1.6x smaller than at serving, where
-        the view's longer side is S. With ``zoom_at_serving_scale`` the view's longer side is
-        ``S x U(0.9, 1.1)``, each side at least U(150, 250) image pixels (the runtime's
-        ``min_side`` of 200), and a ``crop`` window holding an object pixel is cut from it.
+        The object's box (``layers[0]``, the target), expanded by U(1.2, 2.0) around a jittered
+        centre (the runtime's 1.4 around a predicted mask that is itself off), cut out of the image
+        and letterboxed top-left. By default (v1-v6) the view's longer side is ``crop x U(0.8,
+        1.0)``, so the whole view fits the window but objects appear 1.25-1.6x smaller than at
+        serving, where the view's longer side is S. With ``zoom_at_serving_scale`` the view's
+        longer side is ``S x U(0.9, 1.1)``, each side at least U(150, 250) image pixels (the
+        runtime's ``min_side`` of 200), and a ``crop`` window holding an object pixel is cut from it.
         """
+        target = layers[0]
         x0, y0, x1, y1 = mask_box(target)
         h, w = target.shape
         side_w, side_h = (x1 - x0 + 1) * rng.uniform(1.2, 2.0), (y1 - y0 + 1) * rng.uniform(1.2, 2.0)
@@ -271,18 +315,18 @@ class SampleMaker:
         left, right = int(max(0, round(cx - side_w / 2))), int(min(w, round(cx + side_w / 2) + 1))
         top, bottom = int(max(0, round(cy - side_h / 2))), int(min(h, round(cy + side_h / 2) + 1))
         if right - left < 8 or bottom - top < 8:
-            return self._scaled_window(image, target, rng)
+            return self._scaled_window(image, layers, rng)
         if self.zoom_at_serving_scale:
             longer = self.input_size * rng.uniform(0.9, 1.1)
         else:
             longer = self.crop * rng.uniform(0.8, 1.0)
-        view, (view_target,) = resize_pair(image[top:bottom, left:right], [target[top:bottom, left:right]], longer)
+        view, view_layers = resize_pair(image[top:bottom, left:right], [m[top:bottom, left:right] for m in layers], longer)
         window_top, window_left = (0, 0)
-        if self.zoom_at_serving_scale and view_target.any():
-            window_top, window_left = self._window(view_target, rng)
+        if self.zoom_at_serving_scale and view_layers[0].any():
+            window_top, window_left = self._window(view_layers[0], rng)
         view = crop_around(color_jitter(view, rng), window_top, window_left, self.crop)
-        valid = crop_around(np.ones(view_target.shape, bool), window_top, window_left, self.crop)
-        return view, valid, crop_around(view_target, window_top, window_left, self.crop)
+        valid = crop_around(np.ones(view_layers[0].shape, bool), window_top, window_left, self.crop)
+        return view, valid, [crop_around(m, window_top, window_left, self.crop) for m in view_layers]
 
     def _window(self, target: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
         """Top-left of a crop window that contains a random object pixel."""
@@ -313,8 +357,10 @@ class SampleMaker:
         box = np.clip(box, 0, self.crop - 1)
         return (float(min(box[0], box[2])), float(min(box[1], box[3])), float(max(box[0], box[2])), float(max(box[1], box[3])))
 
-    def _initial_clicks(self, target, valid, rng) -> list[tuple[float, float, bool]]:
-        x, y = sample_interior_point(target, rng)
+    def _initial_clicks(self, target, valid, rng, first_in: np.ndarray | None = None) -> list[tuple[float, float, bool]]:
+        """A first positive click inside ``first_in`` (a part; default the target), biased to its
+        interior, then 1-2 random extra clicks in a quarter of the samples."""
+        x, y = sample_interior_point(target if first_in is None else first_in, rng)
         clicks = [(float(x), float(y), True)]
         if rng.random() < 0.25:
             for _ in range(int(rng.integers(1, 3))):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sqsam_core.contract import (CONTRACT_VERSION, DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN,
-                                 DEFAULT_STD, INPUT_NAMES, OUTPUT_NAMES, ModelSpec)
+                                 DEFAULT_STD, HYPOTHESES, INPUT_NAMES, OUTPUT_NAMES, ModelSpec)
 from sqsam_train.network import SqueezeSAMNet, build_network, has_refine_stage, read_weights
 
 
@@ -34,10 +34,12 @@ class TorchBackend:
         return masks.numpy(), iou.numpy()
 
 
-def spec_for(net: SqueezeSAMNet, version: str, input_size: int = DEFAULT_INPUT_SIZE) -> ModelSpec:
+def spec_for(net: SqueezeSAMNet, version: str, input_size: int = DEFAULT_INPUT_SIZE,
+             hypotheses: tuple[str, ...] = HYPOTHESES) -> ModelSpec:
+    """The metadata of an export; ``hypotheses=()`` for weights trained best-of-K (up to v22)."""
     return ModelSpec(input_size=input_size, click_radius=DEFAULT_CLICK_RADIUS, num_masks=net.num_masks,
                      stride=net.output_stride, mean=DEFAULT_MEAN, std=DEFAULT_STD,
-                     contract_version=CONTRACT_VERSION, model_version=version)
+                     contract_version=CONTRACT_VERSION, model_version=version, hypotheses=hypotheses)
 
 
 def load_checkpoint(path: Path) -> SqueezeSAMNet:
@@ -97,6 +99,8 @@ def main(argv=None) -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--version", default="squeezesam-v22", help="model_version written into the metadata")
     p.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE)
+    p.add_argument("--best-of-k", action="store_true",
+                   help="weights trained best-of-K (squeezesam-v22 and earlier): declare no hypothesis meanings")
     p.add_argument("--weights-out", type=Path, default=None,
                    help="also write a float16 weights-only checkpoint here (to commit, for continued training)")
     args = p.parse_args(argv)
@@ -104,7 +108,7 @@ def main(argv=None) -> None:
     if args.weights_out:
         save_weights_only(net, args.weights_out)
         print(f"wrote {args.weights_out} ({args.weights_out.stat().st_size / 1e6:.1f} MB, float16)")
-    diff = export(net, args.out, spec_for(net, args.version, args.input_size))
+    diff = export(net, args.out, spec_for(net, args.version, args.input_size, () if args.best_of_k else HYPOTHESES))
     size_mb = args.out.stat().st_size / 1e6
     params = sum(p.numel() for p in net.parameters()) / 1e6
     print(f"wrote {args.out} ({size_mb:.1f} MB, {params:.2f} M parameters); max |onnx - torch| = {diff:.2e}")

@@ -12,10 +12,12 @@ network 0-16 times without gradients adding a corrective click each time at the 
 (``sqsam_core.geometry.next_click``, the evaluation rule) and feeding the previous probability
 back (never for zero-prompt samples: the saliency pass has no previous mask at inference);
 with ``--corrupt-share`` some previous masks are then damaged and given the click that repairs
-them (:func:`damage_previous_masks`; ``--spill-share`` of them a large spill, :func:`spilled_mask`); then one forward/backward pass. Loss: BCE + Dice on the
-best of the K hypotheses for an ambiguous prompt (``contract.is_ambiguous_prompt``: exactly one click, no box), on hypothesis 0 otherwise,
-the salient object of a zero-prompt sample included (``contract.choose_hypothesis``),
-plus MSE between the IoU head and each hypothesis's true IoU. Options: ``--boundary-weight`` weights
+them (:func:`damage_previous_masks`; ``--spill-share`` of them a large spill, :func:`spilled_mask`); then one forward/backward pass. Loss: BCE + Dice
+on hypothesis 0 for the target, plus, for an ambiguous prompt (``contract.is_ambiguous_prompt``:
+exactly one click, no box), the meanings of ``contract.HYPOTHESES``: a click on a known part
+(``Sample.part``) trains hypothesis 0 on the whole object and hypothesis 1 on the part; any other
+single click trains hypotheses 1 and 2 on the target at weight ``OTHER_HYPOTHESIS_WEIGHT``. Plus
+MSE between the IoU head and each hypothesis's true IoU with what it is trained for. Options: ``--boundary-weight`` weights
 a band around every target's boundary up; ``--coarse-band`` ignores one on sets with coarse masks.
 
 On a GPU: ``--workers N`` draws samples in N processes and runs the rounds' per-sample work on N
@@ -46,14 +48,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sqsam_core import geometry
-from sqsam_core.contract import (DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN, DEFAULT_STD, choose_hypothesis,
-                                 is_ambiguous_prompt)
+from sqsam_core.contract import (DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN, DEFAULT_STD, HYPOTHESES,
+                                 choose_hypothesis, is_ambiguous_prompt)
 from sqsam_train.batched_clicks import click_tensor, next_clicks
 from sqsam_train.data import SET_WEIGHTS, Sample, SampleMaker, load_training_data, set_name
 from sqsam_train.network import build_network, read_weights
 
 # Corrective rounds before the gradient pass. v4 adds 12 and 16 so the network also sees the
 # many-click regime NoC@90 is measured in (an evaluation runs up to 20 clicks).
+#: Weight of the hypotheses without a meaning of their own for a single click (trained on the target).
+OTHER_HYPOTHESIS_WEIGHT = 0.25
 ROUND_CHOICES = (0, 1, 2, 3, 4, 6, 9, 12, 16)
 ROUND_PROBS = (0.12, 0.17, 0.17, 0.13, 0.1, 0.1, 0.09, 0.06, 0.06)
 
@@ -120,6 +124,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true",
                    help="run the network's passes in bfloat16 autocast (weights, optimiser and loss stay float32); "
                         "for GPUs with bfloat16 tensor cores and CPUs with AVX512-BF16 or AMX")
+    p.add_argument("--single-click-share", type=float, default=None,
+                   help="share of steps with no corrective rounds, where single clicks (part or whole) are trained "
+                        f"(default {ROUND_PROBS[0]})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", type=Path, default=None, help="start from these weights (a .ckpt, or a weights-only .pt) instead of ImageNet")
     return p.parse_args(argv)
@@ -152,10 +159,18 @@ def upsample(logits: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def aims_at_part(sample: Sample) -> bool:
+    """True when the sample's corrective clicks aim at the clicked part (granularity "part")."""
+    return sample.part is not None and bool(np.array_equal(sample.target, sample.part))
+
+
 def chosen_probability(logits: torch.Tensor, iou: torch.Tensor, clicks: list[list], samples: list[Sample], size: int) -> torch.Tensor:
-    """(B, 1, size, size) probability of the hypothesis the runtime would present."""
+    """(B, 1, size, size) probability of the hypothesis the runtime would present (granularity
+    "part" for samples that aim at a part, "whole" otherwise)."""
     iou = iou.cpu()
-    picks = [choose_hypothesis(iou[i].numpy(), len(clicks[i]), samples[i].box is not None) for i in range(len(samples))]
+    picks = [choose_hypothesis(iou[i].numpy(), len(clicks[i]), samples[i].box is not None,
+                               "part" if aims_at_part(samples[i]) else "whole", HYPOTHESES)
+             for i in range(len(samples))]
     chosen = logits[torch.arange(len(samples)), picks][:, None]
     return torch.sigmoid(upsample(chosen, size))
 
@@ -303,20 +318,39 @@ def true_iou(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
         return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def _stack(samples: list[Sample], field: str, device) -> torch.Tensor:
+    """(B, 1, H, W) float32 of each sample's ``field`` mask (its target where the field is None)."""
+    masks = [getattr(s, field) if getattr(s, field) is not None else s.target for s in samples]
+    return torch.from_numpy(np.stack(masks)[:, None].astype(np.float32)).to(device)
+
+
 def total_loss(logits, iou_pred, samples, clicks, size, boundary_weight: float = 0.0,
                coarse_band: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mask loss of the hypotheses by their meaning (module docstring) plus the IoU head's MSE."""
     full = upsample(logits, size)
-    target = torch.from_numpy(np.stack([s.target for s in samples])[:, None].astype(np.float32)).to(logits.device)
+    target = _stack(samples, "target", logits.device)
+    whole = _stack(samples, "whole", logits.device)
+    part = _stack(samples, "part", logits.device)
     valid = torch.from_numpy(np.stack([s.valid for s in samples])[:, None].astype(np.float32)).to(logits.device)
-    per_mask = mask_losses(full, target, loss_valid(samples, valid, target, coarse_band), boundary_weight)  # (B, K)
+    counted = loss_valid(samples, valid, target, coarse_band)
     ambiguous = torch.tensor([is_ambiguous_prompt(len(c), s.box is not None) for c, s in zip(clicks, samples)],
                              device=logits.device)
-    chosen = torch.where(ambiguous, per_mask.min(dim=1).values, per_mask[:, 0])
-    iou_target = true_iou(full, target, valid)
+    on_part = ambiguous & torch.tensor([s.part is not None for s in samples], device=logits.device)
+    per_target = mask_losses(full, target, counted, boundary_weight)  # (B, K)
+    per_whole = mask_losses(full, whole, counted, boundary_weight)
+    per_part = mask_losses(full, part, counted, boundary_weight)
+    other = OTHER_HYPOTHESIS_WEIGHT * per_target[:, 1:].sum(dim=1)
+    chosen = torch.where(on_part, per_whole[:, 0] + per_part[:, 1] + OTHER_HYPOTHESIS_WEIGHT * per_whole[:, 2],
+                         torch.where(ambiguous, per_target[:, 0] + other, per_target[:, 0]))
+    iou_target = torch.where(on_part[:, None], true_iou(full, whole, valid), true_iou(full, target, valid))
+    iou_target[:, 1] = torch.where(on_part, true_iou(full[:, 1:2], part, valid)[:, 0], iou_target[:, 1])
     iou_loss = F.mse_loss(iou_pred, iou_target)
     loss = chosen.mean() + iou_loss
-    best_iou = torch.where(ambiguous, iou_target.max(dim=1).values, iou_target[:, 0])
-    return loss, {"loss": loss.item(), "mask_loss": chosen.mean().item(), "iou_loss": iou_loss.item(), "iou": best_iou.mean().item()}
+    metrics = {"loss": loss.item(), "mask_loss": chosen.mean().item(), "iou_loss": iou_loss.item(),
+               "iou": iou_target[:, 0].mean().item()}
+    if on_part.any():
+        metrics["part_iou"] = iou_target[on_part, 1].mean().item()
+    return loss, metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,6 +455,15 @@ class ParallelSamples:
         self.pool.terminate()
 
 
+def round_probabilities(single_click_share: float | None = None) -> np.ndarray:
+    """P(rounds) over ``ROUND_CHOICES``; ``single_click_share`` replaces P(0 rounds), the rest rescaled."""
+    probs = np.array(ROUND_PROBS, dtype=np.float64)
+    if single_click_share is not None:
+        probs[1:] *= (1 - single_click_share) / probs[1:].sum()
+        probs[0] = single_click_share
+    return probs / probs.sum()
+
+
 def train_step(net, optimizer, samples: list[Sample], rng, args, device,
                threads: ThreadPoolExecutor | None = None, batched_rule: bool | None = None) -> dict[str, float]:
     """One optimiser step on ``samples``. ``batched_rule`` (default: on CUDA only) runs the
@@ -437,7 +480,7 @@ def train_step(net, optimizer, samples: list[Sample], rng, args, device,
     prev = torch.zeros(len(samples), 1, size, size)
     image = image_tensor(samples, threads).to(device)
     box_maps = torch.from_numpy(np.stack([geometry.box_map(s.box, size) for s in samples])).to(device)
-    rounds = int(rng.choice(ROUND_CHOICES, p=ROUND_PROBS))
+    rounds = int(rng.choice(ROUND_CHOICES, p=round_probabilities(getattr(args, "single_click_share", None))))
     salient = torch.tensor([s.mode == "salient" for s in samples])
     if batched_rule is None:
         batched_rule = torch.device(device).type == "cuda"

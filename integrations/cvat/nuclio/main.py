@@ -61,7 +61,8 @@ def handler(context, event):
         pos = common.parse_points(body.get("pos_points"), "pos_points", frame)
         neg = common.parse_points(body.get("neg_points"), "neg_points", frame)
         box = common.parse_box(body.get("obj_bbox"), frame)
-        pred = common.interact(ud.model, frame, pos, neg, box, ud.history)
+        granularity = common.default_granularity(body.get("granularity"))
+        pred = common.interact(ud.model, frame, pos, neg, box, ud.history, granularity)
         return common.interactor_response(pred.mask, pred.score)
 
     return _guarded(context, work)

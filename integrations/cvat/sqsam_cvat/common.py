@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sqsam_core import formats
+from sqsam_core.contract import GRANULARITIES
 from sqsam_core.errors import ImageTooLargeError, InvalidImageError, InvalidPromptError
 from sqsam_core.geometry import mask_box
 from sqsam_core.imageio import DEFAULT_MAX_PIXELS, decode_image_bytes, to_rgb_array
@@ -53,6 +54,14 @@ MAX_POINTS = max_clicks_setting()
 DEFAULT_MAX_OBJECTS = int(os.environ.get("SQSAM_CVAT_MAX_OBJECTS", 5))
 DEFAULT_MIN_SCORE = float(os.environ.get("SQSAM_CVAT_MIN_SCORE", 0.5))
 DEFAULT_LABEL = os.environ.get("SQSAM_CVAT_LABEL", "object")
+
+
+def default_granularity(value: Any = None) -> str:
+    """``value`` (a request's or a function parameter's), else ``$SQSAM_GRANULARITY``, else ``"whole"``."""
+    value = value if value not in (None, "") else (os.environ.get("SQSAM_GRANULARITY") or "whole")
+    if value not in GRANULARITIES:
+        raise InvalidPromptError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {value!r}")
+    return value
 
 
 def load_model(path: str | None = None):
@@ -262,8 +271,12 @@ class ClickHistory:
         return list(clicks)
 
 
-def interact(model, frame: Frame, pos: list, neg: list, box: Box | None, history: ClickHistory | None = None):
-    """Run the core on one interactor request (validated prompts); returns its Prediction."""
+def interact(model, frame: Frame, pos: list, neg: list, box: Box | None, history: ClickHistory | None = None,
+             granularity: str = "whole"):
+    """Run the core on one interactor request (validated prompts); returns its Prediction.
+
+    ``granularity``: what a single click selects, ``"whole"`` (the object) or ``"part"``.
+    """
     require_prompt(pos, box)
     clicks = [(x, y, True) for x, y in pos] + [(x, y, False) for x, y in neg]
     validate_prompt(clicks, box, frame.height, frame.width, max_clicks=MAX_POINTS, require_positive=True)
@@ -271,7 +284,7 @@ def interact(model, frame: Frame, pos: list, neg: list, box: Box | None, history
         clicks = history.order(frame.key, pos, neg, box)
     else:
         clicks = [(x, y, True) for x, y in pos] + [(x, y, False) for x, y in neg]
-    return model.predict_history(frame.image, clicks, box=box, cache_key=frame.key)
+    return model.predict_history(frame.image, clicks, box=box, cache_key=frame.key, granularity=granularity)
 
 
 # ------------------------------------------------------------------------------------------

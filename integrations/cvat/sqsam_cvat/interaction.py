@@ -32,8 +32,11 @@ class SqueezeSAMInteraction:
 
     spec = cvataa.InteractionFunctionSpec(min_pos_points=1, min_neg_points=0, min_bounding_boxes=0)
 
-    def __init__(self, model: str | None = None) -> None:
+    def __init__(self, model: str | None = None, granularity: str | None = None) -> None:
+        """``granularity`` (``cvat-cli function create-native ... -p granularity=str:part``): what a
+        single click selects, "whole" (default, or ``$SQSAM_GRANULARITY``) or "part"."""
         self._model = common.load_model(model)
+        self._granularity = common.default_granularity(granularity)
         self._history = common.ClickHistory()
 
     def preprocess_image(
@@ -51,7 +54,7 @@ class SqueezeSAMInteraction:
         pos = common.parse_points(list(prompts.pos_points), "pos_points", frame)
         neg = common.parse_points(list(prompts.neg_points), "neg_points", frame)
         box = common.parse_box(prompts.bounding_box, frame)
-        pred = common.interact(self._model, frame, pos, neg, box, self._history)
+        pred = common.interact(self._model, frame, pos, neg, box, self._history, self._granularity)
         mask = np.asarray(pred.mask, dtype=bool)
         if not mask.any():
             return []

@@ -8,7 +8,9 @@ Routes (the ones label-studio-ml-backend's ``api.py`` serves):
 * ``POST /predict``: ``{"tasks": [...], "project", "label_config", "params": {"context": ...}}``
   -> ``{"results": [{"result": [...], "score", "model_version"}, ...]}``, one per task, in order.
   Without context: salient auto-masks (pre-annotation). With context: one object from the clicks.
-* ``POST /webhook``: accepts Label Studio events (sqsam does not train) -> ``{"status": ...}``
+* ``POST /webhook``, ``POST /train``: annotation events; with ``MODEL_DIR`` set the backend fine-tunes
+  a model per project from its annotations and serves it to that project (:mod:`.learning`,
+  ``SQSAM_TRAIN_*`` settings); without it events are acknowledged and ignored
 * ``GET /metrics``, ``GET /versions``
 
 Errors are JSON ``{"error": message, "status": code}`` with a 4xx code for bad input.
@@ -48,11 +50,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from sqsam_core.contract import GRANULARITIES
 from sqsam_core.errors import SqsamError
 
 from .errors import ConfigError
 from .images import ImageFetchError, ImageLoader
 from .labelconfig import LabelConfig, LabelConfigError, parse_label_config
+from .learning import TrainSettings, make_learner
 from .limits import RequestLimits, check_basic_auth, check_extra_params, parse_json_object
 from .protocol import mask_regions, outputs_or_error, parse_context, prediction
 
@@ -78,6 +82,7 @@ def _env_bool(value: str | None, default: bool) -> bool:
 class Settings:
     label: str | None = None
     max_objects: int = 5
+    granularity: str = "whole"  # what a single click selects: "whole" or "part"
     min_score: float = 0.5
     preannotate: bool = True
     polygon_tolerance: float = 1.0
@@ -90,6 +95,7 @@ class Settings:
             return cls(
                 label=env.get("SQSAM_LS_LABEL") or None,
                 max_objects=int(env.get("SQSAM_LS_MAX_OBJECTS", 5)),
+                granularity=env.get("SQSAM_GRANULARITY") or "whole",
                 min_score=float(env.get("SQSAM_LS_MIN_SCORE", 0.5)),
                 preannotate=_env_bool(env.get("SQSAM_LS_PREANNOTATE"), True),
                 polygon_tolerance=float(env.get("SQSAM_LS_POLYGON_TOLERANCE", 1.0)),
@@ -138,7 +144,7 @@ def _project_id(value: Any) -> str:
 
 
 def create_app(model=None, loader: ImageLoader | None = None, settings: Settings | None = None,
-               limits: RequestLimits | None = None):
+               limits: RequestLimits | None = None, train_settings=None):
     """The Flask app. ``model``: a :class:`sqsam_core.SqueezeSAM` (loaded here when None).
 
     Raises :class:`~sqsam_label_studio.errors.ConfigError` for settings it cannot start with
@@ -157,11 +163,13 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
         model = SqueezeSAM()
     model_version = str(getattr(getattr(model, "spec", None), "model_version", None) or "sqsam")
     projects = ProjectStore()
+    learner = make_learner(model, loader, projects.get, train_settings or TrainSettings.from_env())  # MODEL_DIR
 
     app = Flask("sqsam_label_studio")
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     app.json.sort_keys = False
-    app.extensions["sqsam"] = {"model": model, "loader": loader, "settings": settings, "projects": projects}
+    app.extensions["sqsam"] = {"model": model, "loader": loader, "settings": settings, "projects": projects,
+                               "learner": learner}
 
     def error(message: str, status: int):
         return jsonify({"error": message, "status": status}), status
@@ -213,7 +221,8 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
     @app.get("/")
     @app.get("/health")
     def health():
-        return jsonify({"status": "UP", "model_class": type(model).__name__, "model_version": model_version})
+        details = {"training": learner.health()} if learner else {}
+        return jsonify({"status": "UP", "model_class": type(model).__name__, "model_version": model_version, **details})
 
     @app.get("/metrics")
     def metrics():
@@ -252,6 +261,8 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
         action = data.get("action")
         if not isinstance(action, str):
             raise ApiError("a webhook event needs an 'action'")
+        if action in TRAIN_EVENTS and learner:
+            return jsonify(learner.on_event(action, data)), 200
         if action in TRAIN_EVENTS:
             return jsonify({"status": "ok", "result": None,
                             "message": "sqsam does not train from annotations; event ignored"}), 200
@@ -259,7 +270,9 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
 
     @app.post("/train")
     def train():
-        body()
+        data = body()
+        if learner:
+            return jsonify(learner.on_event("START_TRAINING", data)), 200
         return jsonify({"status": "ok", "message": "sqsam does not train from annotations"}), 200
 
     @app.post("/predict")
@@ -277,6 +290,7 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
         if not isinstance(params, dict):
             raise ApiError("'params' must be an object")
         project = projects.get(_project_id(data.get("project")))
+        served = learner.models.served(_project_id(data.get("project"))) if learner else (model, model_version)
         xml = data.get("label_config") or project.get("schema")
         if not isinstance(xml, str) or not xml:
             raise ApiError("'label_config' (the project's labeling config) is missing")
@@ -285,12 +299,12 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
         fetch = {"fallback_token": project.get("access_token")}
         prompt = parse_context(params.get("context"), limits.max_clicks)
         if prompt is not None:
-            results = [_interactive(tasks[0], prompt, config, extra, fetch, deadline)]
+            results = [_interactive(tasks[0], prompt, config, extra, fetch, deadline, *served)]
         else:
-            results = _preannotate(tasks, config, extra, fetch, deadline)
+            results = _preannotate(tasks, config, extra, fetch, deadline, *served)
         elapsed = (time.perf_counter() - started) * 1000
         logger.info("predict: %d task(s), %s, %.0f ms", len(tasks), "interactive" if prompt else "automask", elapsed)
-        response = jsonify({"results": results, "model_version": model_version})
+        response = jsonify({"results": results, "model_version": served[1]})
         response.headers["X-Sqsam-Elapsed-Ms"] = f"{elapsed:.1f}"
         return response
 
@@ -308,6 +322,13 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
             raise ApiError(f"task {task.get('id')} has no image in data[{image.value_key!r}]", 422)
         return image, loader.load(url, **fetch)
 
+    def _granularity(extra: dict) -> str:
+        """What a single click selects in this project: extra param ``granularity``, else SQSAM_GRANULARITY."""
+        value = extra.get("granularity", settings.granularity)
+        if value not in GRANULARITIES:
+            raise ApiError(f"extra_params granularity must be one of {', '.join(GRANULARITIES)}, not {value!r}", 422)
+        return value
+
     def _default_label(extra: dict) -> str | None:
         label = extra.get("label") or settings.label
         return str(label) if label else None
@@ -317,7 +338,8 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
             raise ApiError(f"the request ran past its {limits.request_deadline:g} s deadline after {done} of "
                            f"{total} task(s) (SQSAM_REQUEST_DEADLINE); send fewer tasks per request", 408)
 
-    def _interactive(task: dict, prompt, config: LabelConfig, extra: dict, fetch: dict, deadline: float) -> dict:
+    def _interactive(task: dict, prompt, config: LabelConfig, extra: dict, fetch: dict, deadline: float,
+                     model=model, model_version=model_version) -> dict:  # the project's model (learning.py)
         image_name = prompt.to_name if prompt.to_name in config.images else None
         image_obj = config.images.get(image_name) if image_name else config.first_target()
         if image_obj is None:
@@ -330,7 +352,7 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
         clicks, box = prompt.to_pixels(image.width, image.height, limits.max_clicks)
         _check_deadline(deadline, 0, 1)
         run = getattr(model, "predict_history", None) or model.predict
-        pred = run(image.rgb, clicks, box=box, cache_key=image.key)
+        pred = run(image.rgb, clicks, box=box, cache_key=image.key, granularity=_granularity(extra))
         regions = []
         for control in outputs:
             label = control.pick_label(prompt.label, _default_label(extra))
@@ -338,7 +360,8 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
                                     settings.polygon_tolerance)
         return prediction(regions, pred.score, model_version)
 
-    def _preannotate(tasks: list[dict], config: LabelConfig, extra: dict, fetch: dict, deadline: float) -> list[dict]:
+    def _preannotate(tasks: list[dict], config: LabelConfig, extra: dict, fetch: dict, deadline: float,
+                     model=model, model_version=model_version) -> list[dict]:
         enabled = _env_bool(str(extra["preannotate"]), True) if "preannotate" in extra else settings.preannotate
         target = config.first_target()
         if not enabled or target is None:

@@ -13,6 +13,7 @@ import base64
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -300,8 +301,13 @@ def test_fetch_errors_do_not_map_the_network():
     assert "http://127.0.0.1:PORT/a.png" in text
     for leak in ("refused]", "Errno", "ConnectionError", "ConnectionRefused", "timed out]", "SSH", "reset by"):
         assert leak not in text
-    unresolvable = error_of(predict(client, "http://no-such-host.invalid/a.png"), 424)
-    assert _generic(unresolvable, 0).replace("no-such-host.invalid", "127.0.0.1:PORT") == text
+
+    def no_such_name(host, port):  # no DNS query leaves the machine: the lookup fails here
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    loader = ImageLoader(allowed_hosts="127.0.0.1", timeout=1.5, resolver=no_such_name)
+    unresolvable = error_of(predict(app_client(loader), "http://no-such-host.invalid/a.png"), 424)
+    assert unresolvable.replace("no-such-host.invalid", "127.0.0.1:PORT") == text
 
 
 def test_fetch_error_names_no_query_or_credentials(ls):

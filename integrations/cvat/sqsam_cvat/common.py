@@ -364,6 +364,8 @@ def body_dict(body: Any) -> dict:
             body = json.loads(body)
         except ValueError:
             raise InvalidPromptError("the request body is not JSON") from None
+        except RecursionError:
+            raise InvalidPromptError("the request body is JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidPromptError("the request body must be a JSON object")
     return body

@@ -96,6 +96,8 @@ def parse_label_config(xml: str | None) -> LabelConfig:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise LabelConfigError(f"the labeling config is not valid XML: {exc}") from None
+    except (UnicodeError, ValueError):  # e.g. a lone surrogate from a JSON \ud800 escape
+        raise LabelConfigError("the labeling config is not valid text (unpaired surrogate or bad character)") from None
     config = LabelConfig()
     for elem in root.iter():
         if not isinstance(elem.tag, str):

@@ -13,9 +13,13 @@ COPY sqsam_core ./sqsam_core
 COPY models ./models
 COPY integrations ./integrations
 # Every dependency at the version requirements/docker.txt pins (`make constraints` refreshes it).
-RUN pip wheel --wheel-dir /wheels -c requirements/docker.txt ".[label-studio]"
+# SQSAM_EXTRAS: the extras installed. Default: the backend, ".[label-studio]"; label-studio,dask
+# adds Dask for `sqsam annotate --dask` (docker-compose.yml's "dask" profile builds it so).
+ARG SQSAM_EXTRAS=label-studio
+RUN pip wheel --wheel-dir /wheels -c requirements/docker.txt ".[${SQSAM_EXTRAS}]"
 
 FROM python:3.11-slim
+ARG SQSAM_EXTRAS=label-studio
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -24,7 +28,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     THREADS=4 \
     LOG_LEVEL=INFO
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels "sqsam[label-studio]" \
+RUN pip install --no-cache-dir --no-index --find-links /wheels "sqsam[${SQSAM_EXTRAS}]" \
     && rm -rf /wheels \
     && useradd --create-home --uid 1000 sqsam \
     && python -c "import sqsam_label_studio.app, sqsam_core; from importlib import resources; \

@@ -383,3 +383,26 @@ def test_dask_local_cluster_gives_identical_output(images, gt_boxes, tmp_path, c
             outputs[name, fmt] = out.read_bytes()
     assert outputs["inline", "coco"] == outputs["dask", "coco"]
     assert outputs["inline", "label-studio"] == outputs["dask", "label-studio"]
+
+
+def test_compose_profiles_for_dask_and_replicas():
+    yaml = pytest.importorskip("yaml", reason="pyyaml (dev extra) not installed")
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    scheduler, worker, client = services["dask-scheduler"], services["dask-worker"], services["annotate"]
+    assert all(s["profiles"] == ["dask"] for s in (scheduler, worker, client))
+    assert "dask" in scheduler["build"]["args"]["SQSAM_EXTRAS"].split(",")
+    assert scheduler["command"][:2] == ["dask", "scheduler"]
+    assert worker["command"][:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
+    assert worker["command"][worker["command"].index("--nthreads") + 1] == "1"
+    # workers and the client see the images at the same path
+    assert worker["volumes"] == client["volumes"][:1] == ["${SQSAM_IMAGES:-./images}:/images:ro"]
+    assert client["entrypoint"] == ["sqsam", "annotate"]
+    replica, lb = services["sqsam-replica"], services["sqsam-lb"]
+    assert replica["profiles"] == lb["profiles"] == ["replicas"]
+    assert replica["environment"] == services["sqsam"]["environment"]
+    assert "server sqsam-replica:9090;" in compose["configs"]["sqsam-lb"]["content"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert dockerfile.count("ARG SQSAM_EXTRAS=label-studio") == 2  # both stages; the default image is the backend
+    pins = (REPO / "requirements" / "docker.txt").read_text()
+    assert "\ndask==" in pins and "\ndistributed==" in pins

@@ -682,3 +682,29 @@ def test_single_click_on_a_part_trains_whole_on_hypothesis_0_and_part_on_1():
     two = [sample.clicks + [(20.0, 20.0, True)]]
     specific, _ = train.total_loss(logits(whole, whole), iou, [sample], two, size)
     assert specific.item() < 0.1
+
+
+def test_occlusion_pastes_a_foreign_object_and_takes_its_pixels_out_of_the_target():
+    size = 200
+    image = np.full((size, size, 3), 30, np.uint8)
+    mask = np.zeros((size, size), bool)
+    mask[40:160, 40:160] = True
+    image[mask] = (200, 40, 40)
+    occluder_image = np.full((size, size, 3), 30, np.uint8)
+    occluder = np.zeros((size, size), bool)
+    occluder[50:150, 50:150] = True
+    occluder_image[occluder] = (40, 40, 220)
+    maker = SampleMaker({"ECSSD": [Entry("x/target", image, [mask])], "COCO_MVal": [Entry("y/occ", occluder_image, [occluder])]},
+                        crop=128, set_weights={"ECSSD": 1e-9, "COCO_MVal": 1.0})
+    rng = np.random.default_rng(1)
+    valid = np.ones((size, size), bool)
+    occluded = 0
+    for _ in range(10):
+        out, (target,) = maker._occlude(image, valid, [mask], rng)
+        covered = mask & ~target
+        assert not (target & ~mask).any()
+        if covered.any():
+            occluded += 1
+            assert (out[covered] == (40, 40, 220)).all()  # the occluder's pixels stand where the target lost its own
+            assert (out[target] == (200, 40, 40)).all()
+    assert occluded >= 8

@@ -213,10 +213,12 @@ class SampleMaker:
     def __init__(self, sets: dict[str, list[Entry]], crop: int = 256, input_size: int = 320,
                  salient_share: float = 0.12, box_share: float = 0.15, paste_share: float = 0.15,
                  merge_share: float = 0.15, zoom_share: float = 0.3, zoom_at_serving_scale: bool = False,
-                 set_weights: dict[str, float] | None = None, part_target_share: float = 0.5):
+                 set_weights: dict[str, float] | None = None, part_target_share: float = 0.5,
+                 occlude_share: float = 0.0):
         self.sets = {k: v for k, v in sets.items() if v}
         self.set_weights = dict(SET_WEIGHTS if set_weights is None else set_weights)
         self.part_target_share = part_target_share  # part-set samples whose corrective clicks aim at the part
+        self.occlude_share = occlude_share  # samples with another object pasted over part of the target
         self.crop, self.input_size = crop, input_size
         self.salient_share, self.box_share = salient_share, box_share
         self.paste_share, self.merge_share = paste_share, merge_share
@@ -273,6 +275,10 @@ class SampleMaker:
         whole, part = (layers[1], layers[2]) if len(layers) == 3 else (None, None)
         if rng.random() < self.paste_share:
             image = self._paste_on_other_background(image, valid, target if whole is None else whole, rng)
+        if rng.random() < self.occlude_share:
+            image, layers = self._occlude(image, valid, [m for m in (target, whole, part) if m is not None], rng)
+            target = layers[0]
+            whole, part = (layers[1], layers[2]) if len(layers) == 3 else (None, None)
         if target.sum() < 30 or (part is not None and part.sum() < 30):  # the object left the window: draw again
             return self._prompted(rng)
         if rng.random() < self.box_share:
@@ -348,6 +354,31 @@ class SampleMaker:
         alpha = cv2.GaussianBlur(target.astype(np.float32), (3, 3), 0)[..., None]
         pasted = background * (1 - alpha) + image * alpha
         return np.where(valid[..., None], pasted, 0).astype(np.uint8)
+
+    def _occlude(self, image, valid, layers, rng) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Occlusion and clutter: another entry's object, scaled to U(0.2, 0.6) of the target's
+        box, pasted over a random point of the target; its pixels leave every layer (the target
+        first). The occluder keeps its own pixels, so the scene gains a foreign object in front."""
+        other = self._entry(rng)
+        mask = other.masks[int(rng.integers(len(other.masks)))]
+        x0, y0, x1, y1 = (int(v) for v in mask_box(mask))
+        piece, piece_mask = other.image[y0 : y1 + 1, x0 : x1 + 1], mask[y0 : y1 + 1, x0 : x1 + 1]
+        tx0, ty0, tx1, ty1 = mask_box(layers[0])
+        side = max(tx1 - tx0, ty1 - ty0) + 1
+        piece, (piece_mask,) = resize_pair(piece, [piece_mask], max(8.0, side * rng.uniform(0.2, 0.6)))
+        ys, xs = np.nonzero(layers[0])
+        pick = int(rng.integers(len(xs)))
+        top, left = int(ys[pick]) - piece.shape[0] // 2, int(xs[pick]) - piece.shape[1] // 2
+        h, w = image.shape[:2]
+        r0, c0, r1, c1 = max(top, 0), max(left, 0), min(top + piece.shape[0], h), min(left + piece.shape[1], w)
+        if r0 >= r1 or c0 >= c1:
+            return image, layers
+        cover = np.zeros((h, w), bool)
+        cover[r0:r1, c0:c1] = piece_mask[r0 - top : r1 - top, c0 - left : c1 - left]
+        cover &= valid
+        out = image.copy()
+        out[r0:r1, c0:c1][cover[r0:r1, c0:c1]] = piece[r0 - top : r1 - top, c0 - left : c1 - left][cover[r0:r1, c0:c1]]
+        return out, [m & ~cover for m in layers]
 
     def _jittered_box(self, target, rng) -> tuple[float, float, float, float]:
         x0, y0, x1, y1 = mask_box(target)

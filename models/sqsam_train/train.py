@@ -124,6 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true",
                    help="run the network's passes in bfloat16 autocast (weights, optimiser and loss stay float32); "
                         "for GPUs with bfloat16 tensor cores and CPUs with AVX512-BF16 or AMX")
+    p.add_argument("--occlude-share", type=float, default=0.0,
+                   help="share of prompted samples with another object pasted over part of the target")
     p.add_argument("--single-click-share", type=float, default=None,
                    help="share of steps with no corrective rounds, where single clicks (part or whole) are trained "
                         f"(default {ROUND_PROBS[0]})")
@@ -523,6 +525,7 @@ def main(argv=None) -> None:
     cache = args.run_dir / "data-cache.pkl"
     sets = load_training_data(args.data, cache=cache)
     maker_options = dict(crop=args.crop, input_size=args.input_size, salient_share=args.salient_share,
+                         occlude_share=args.occlude_share,
                          zoom_at_serving_scale=args.zoom_at_serving_scale, set_weights=args.set_weights)
     maker = SampleMaker({k: v[0] for k, v in sets.items()}, **maker_options)
     last = args.run_dir / "last.ckpt"

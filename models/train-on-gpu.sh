@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# One training call on a lent GPU machine (models/README.md, "Training on a lent GPU").
+# One training run on a GPU machine that has no copy of the data (models/README.md, "Training on a GPU").
 #
-# Run from the repository root on the device, with the packed training split carried in .gpu/
-# (made here by `python -m sqsam_train.pack --out .gpu/train-pack.pkl --data-cache runs/X/data-cache.pkl`):
+# Run from the repository root on the GPU machine, with the packed training split in .gpu/
+# (made beforehand by `python -m sqsam_train.pack --out .gpu/train-pack.pkl --data-cache runs/X/data-cache.pkl`)
+# and OUT set to an existing folder, as an absolute path, that receives the results:
 #
-#   bash models/gpu-lease.sh RUN DEADLINE_S TRAIN_ARGS...
+#   mkdir -p results && OUT=$PWD/results bash models/train-on-gpu.sh RUN DEADLINE_S TRAIN_ARGS...
 #
 # It times the corrective-click rule (CPU vs batched on the GPU), unpacks the data, trains
 # `sqsam_train.train --run-dir runs/RUN TRAIN_ARGS...` (checkpoint every 30 s) until the run's
 # own --minutes budget ends or DEADLINE_S seconds after this script started, whichever is first,
-# and leaves in $OUT what has to come back: RUN.pt (the weights, float16), log.jsonl, train.out,
-# click-rule.json and gpu.csv (GPU utilisation every 10 s).
+# and writes to $OUT: RUN.pt (the weights, float16), log.jsonl, train.out, click-rule.json and
+# gpu.csv (GPU utilisation every 10 s).
 set -o pipefail
 run=$1 deadline=$2
 shift 2
-out=${OUT:?set OUT to the folder whose files come back}
+out=${OUT:?set OUT to the folder for the results}
 export PYTHONPATH=$PWD:$PWD/models PYTHONUNBUFFERED=1
 cd models || exit 1
 if command -v nvidia-smi > /dev/null; then
@@ -33,8 +34,7 @@ import json, sys
 import torch
 run, out = sys.argv[1:]
 state = torch.load(f"../runs/{run}/last.ckpt", map_location="cpu", weights_only=False)
-# float16, as checkpoints/*.pt: half the size, so the weights fit beside the repository and the pack
-# when a later call carries them back (--init .gpu/RUN.pt) to continue the run
+# float16, as checkpoints/*.pt: half the size; a later run continues from them with --init .gpu/RUN.pt
 torch.save({"net": {k: v.half() if v.is_floating_point() else v for k, v in state["net"].items()}}, f"{out}/{run}.pt")
 log = [json.loads(line) for line in open(f"../runs/{run}/log.jsonl")]
 steady = log[len(log) // 4:]

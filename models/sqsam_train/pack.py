@@ -7,8 +7,8 @@ The pack holds exactly what ``data.load_training_data`` caches for training (ima
 downscaled to ``data.MAX_SIDE``, held-out entries left out), with each image re-encoded as WebP
 (lossy, ``--quality``) and each mask as zlib-compressed ``np.packbits`` (lossless). Unpacking
 writes the data cache ``train`` reads, so ``train --run-dir`` then needs no ``--data`` folder.
-A lent GPU machine takes 64 MiB with each call: quality 75 packs the 2,010 training images into
-about 35 MiB. Never pack ``eval/``: this reads ``train/`` only.
+Quality 75 packs the 2,010 training images into about 35 MiB, small enough to copy to a remote
+GPU machine with the repository. Never pack ``eval/``: this reads ``train/`` only.
 """
 
 from __future__ import annotations

@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Sequence
 
 from sqsam_core import __version__
+from sqsam_core.argtypes import positive_int
+from sqsam_core.argtypes import probability as _probability
 from sqsam_core.contract import GRANULARITIES
 from sqsam_core.errors import InvalidPromptError, SqsamError
 
 #: Optional modules that contribute subcommands via ``register_commands(subparsers)``.
 COMMAND_MODULES = (
-    "sqsam_core.bench",
+    "sqsam_core.bench.command",
     "sqsam_core.loadtest",
     "sqsam_core.annotate.command",
     "sqsam_label_studio.cli",
@@ -92,26 +94,6 @@ def _finite_numbers(parts: Sequence[str], what: str) -> list[float]:
             raise InvalidPromptError(f"{what}: coordinates must be finite numbers, got {part!r}")
         values.append(value)
     return values
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------

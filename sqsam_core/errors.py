@@ -22,3 +22,7 @@ class InvalidPromptError(SqsamError):
 
 class ModelFileError(SqsamError):
     """The ONNX model file is missing, corrupt, or does not follow the model contract."""
+
+
+class BenchError(SqsamError):
+    """A ``sqsam bench`` option or input that is the user's to fix."""

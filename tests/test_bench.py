@@ -184,7 +184,7 @@ def test_count_macs_bundled_model(bundled_model):
 
 def test_sam_baseline_skips_with_a_reason(tmp_path):
     image = bench.synthetic_jpeg(96, 64)
-    from sqsam_core import bench_sam
+    from sqsam_core.bench import sam as bench_sam
 
     rgb = np.asarray(Image.open(io.BytesIO(image.jpeg)).convert("RGB"))
     out = bench_sam.run_baseline(["vit_b"], tmp_path, rgb, [bench.click_sequence(image, 2, np.random.default_rng(0))],
@@ -222,7 +222,7 @@ def test_cli_registers_bench():
     import argparse
 
     sub = argparse.ArgumentParser().add_subparsers()
-    assert "sqsam_core.bench" in cli.register_plugins(sub, ["sqsam_core.bench"])
+    assert "sqsam_core.bench.command" in cli.register_plugins(sub, ["sqsam_core.bench.command"])
 
 
 def test_cli_bench_quick(tmp_path, capsys):

@@ -163,6 +163,7 @@ def run_bench(dataset_dir: str | os.PathLike, workers: int, copies: int = 2, lim
     report: dict = {"dataset": str(dataset_dir), "images": len(pairs) * copies, "distinct_images": len(pairs),
                     "throughput": [], "quality": {}}
     work = Path(tempfile.mkdtemp(prefix="sqsam-bench-annotate-"))
+    quiet = open(os.devnull, "w")
     try:
         folder = repeat_images(pairs, work / "images", copies)
         boxes = write_gt_boxes(pairs, work / "boxes.json", with_band=True, copies=copies)
@@ -173,14 +174,14 @@ def run_bench(dataset_dir: str | os.PathLike, workers: int, copies: int = 2, lim
                 with PeakRSS() as rss:
                     started = time.perf_counter()
                     summary = annotate([str(folder)], out, "coco", str(box_file) if box_file else None,
-                                       AnnotateSettings(), progress_stream=open(os.devnull, "w"), **options)
+                                       AnnotateSettings(), progress_stream=quiet, **options)
                     seconds = time.perf_counter() - started
                 row = {"mode": mode, "way": name, "images": summary.images, "objects": summary.objects,
                        "failed": len(summary.failures), "seconds": round(seconds, 2),
                        "images_per_s": round(summary.images / seconds, 2), "peak_rss_mb": round(rss.peak / 2**20)}
                 report["throughput"].append(row)
                 log(f"{mode:8s}  {name:30s}  {row['images_per_s']:6.2f} images/s  peak RSS {row['peak_rss_mb']:5d} MB"
-                    f"  ({row['images']} images, {row['objects']} objects, {row['seconds']} s)")
+                    f"  ({row['images']} images, {row['objects']} objects, {row['failed']} failed, {row['seconds']} s)")
                 if mode == "boxes":
                     outputs[name] = out.read_bytes()
         report["box_outputs_identical"] = len(set(outputs.values())) == 1
@@ -189,7 +190,7 @@ def run_bench(dataset_dir: str | os.PathLike, workers: int, copies: int = 2, lim
             box_file = write_gt_boxes(pairs, work / f"gt-{band}.json", with_band=band)
             out = work / f"quality-{band}.json"
             annotate([str(Path(dataset_dir) / "images")], out, "coco", str(box_file), AnnotateSettings(),
-                     workers=workers, progress_stream=open(os.devnull, "w"))
+                     workers=workers, progress_stream=quiet)
             ious = box_iou(out, [(p, m) for p, m in pairs])
             key = "box_255_and_128" if band else "box_255"
             report["quality"][key] = {"mean_iou": round(float(np.mean(ious)), 4),
@@ -197,6 +198,7 @@ def run_bench(dataset_dir: str | os.PathLike, workers: int, copies: int = 2, lim
             log(f"box-to-mask mean IoU ({'box of 255|128' if band else 'box of 255'}): "
                 f"{np.mean(ious):.4f} (min {np.min(ious):.3f}, {len(ious)} objects)")
     finally:
+        quiet.close()
         shutil.rmtree(work, ignore_errors=True)
     return report
 

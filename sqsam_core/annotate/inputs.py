@@ -110,8 +110,8 @@ def collect_images(inputs: Iterable[str]) -> list[tuple[str, str]]:
     seen_paths: set[str] = set()
 
     def add(key: str, path: Path) -> None:
-        real = os.path.realpath(path)
-        if real in seen_paths:
+        real = os.path.abspath(path)
+        if real in seen_paths:  # the same path given twice (links to one file stay separate)
             return
         if key in found:
             raise InputError(f"two input images would both be named {key!r} in the output "

@@ -220,7 +220,7 @@ def cmd_bench_annotate(args) -> int:
 
 
 def register_bench(subparsers) -> None:
-    from sqsam_core.cli import positive_int
+    from sqsam_core.argtypes import positive_int
 
     p = subparsers.add_parser(
         "bench-annotate",

@@ -13,7 +13,6 @@ images are kept: rerun with ``--resume``).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
@@ -198,16 +197,6 @@ def _model_versions(store: ShardStore, done: list[int]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _score(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
-
-
 def cmd_annotate(args) -> int:
     settings = AnnotateSettings(
         format=args.format, max_objects=args.max_objects, min_score=args.min_score, polygons=args.polygons,
@@ -241,7 +230,7 @@ def cmd_annotate(args) -> int:
 
 def register_commands(subparsers) -> None:
     """Add ``sqsam annotate`` and ``sqsam bench-annotate`` (via :func:`sqsam_core.cli.register_plugins`)."""
-    from sqsam_core.cli import positive_int
+    from sqsam_core.argtypes import positive_int, probability
     from sqsam_core.imageio import DEFAULT_MAX_PIXELS
 
     p = subparsers.add_parser(
@@ -263,7 +252,7 @@ def register_commands(subparsers) -> None:
                         "export (RectangleLabels; labels kept)")
     p.add_argument("--max-objects", type=positive_int, default=5, metavar="N",
                    help="auto-masks: at most N objects per image (default 5)")
-    p.add_argument("--min-score", type=_score, default=None, metavar="S",
+    p.add_argument("--min-score", type=probability, default=None, metavar="S",
                    help="drop masks whose predicted IoU is under S (auto-masks: default 0.5; boxes: default keep all)")
     p.add_argument("--polygons", action="store_true",
                    help="polygons instead of masks: Label Studio PolygonLabels, COCO polygon segmentation")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from distributed import WorkerPlugin, get_worker
 
 from sqsam_core.annotate.inputs import ImageJob
-from sqsam_core.annotate.work import AnnotateSettings, load_model
+from sqsam_core.annotate.work import AnnotateSettings, guarded, load_model
 
 PLUGIN_NAME = "sqsam-model"
 
@@ -29,6 +29,4 @@ class ModelPlugin(WorkerPlugin):
 
 def annotate_task(job: ImageJob, settings: AnnotateSettings) -> tuple[dict, list]:
     """The Dask task: one image with the worker's model."""
-    from sqsam_core.annotate.runner import guarded
-
     return guarded(get_worker().plugins[PLUGIN_NAME].model, job, settings)

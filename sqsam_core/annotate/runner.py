@@ -10,8 +10,8 @@ whichever way it runs. At most ``2 x workers`` images are in flight; each result
   pool's initializer.
 * ``run_dask``: a ``dask.distributed`` client, on a ``LocalCluster`` (``--dask local``:
   ``n_workers = N``, one thread each, processes) or a running scheduler (``--dask
-  tcp://HOST:PORT``). :class:`ModelPlugin`, a Dask ``WorkerPlugin``, loads the model once per
-  worker (also on workers that join later); tasks pass image paths, so every worker must see the
+  tcp://HOST:PORT``). :class:`~sqsam_core.annotate.dask_worker.ModelPlugin`, a Dask
+  ``WorkerPlugin``, loads the model once per worker (also on workers that join later); tasks pass image paths, so every worker must see the
   images under the same paths (a shared or identical file system).
 """
 
@@ -25,18 +25,10 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Iterable
 
 from sqsam_core.annotate.inputs import ImageJob, InputError
-from sqsam_core.annotate.work import AnnotateSettings, annotate_image, load_model
+from sqsam_core.annotate.work import AnnotateSettings, guarded, load_model
 
 OnResult = Callable[[dict, list], None]
 DASK_MISSING = 'Dask is not installed: pip install "sqsam[dask]" (dask[distributed])'
-
-
-def guarded(model, job: ImageJob, settings: AnnotateSettings) -> tuple[dict, list]:
-    """:func:`annotate_image`, with an unexpected error turned into this image's failure."""
-    try:
-        return annotate_image(model, job, settings)
-    except Exception as exc:  # a bug or a resource problem: record it, keep the run going
-        return {"index": job.index, "key": job.key, "failed": f"internal error: {type(exc).__name__}: {exc}"}, []
 
 
 def run_inline(jobs: Iterable[ImageJob], settings: AnnotateSettings, on_result: OnResult) -> None:

@@ -118,6 +118,14 @@ def annotate_image(model, job: ImageJob, settings: AnnotateSettings) -> tuple[di
     return record, files
 
 
+def guarded(model, job: ImageJob, settings: AnnotateSettings) -> tuple[dict, list]:
+    """:func:`annotate_image`, with an unexpected error turned into this image's failure."""
+    try:
+        return annotate_image(model, job, settings)
+    except Exception as exc:  # a bug or a resource problem: record it, keep the run going
+        return {"index": job.index, "key": job.key, "failed": f"internal error: {type(exc).__name__}: {exc}"}, []
+
+
 def clip_to_box(mask: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
     """``mask`` with every pixel outside the inclusive pixel box ``(x0, y0, x1, y1)`` cleared."""
     x0, y0, x1, y1 = box

@@ -1,6 +1,6 @@
 """Plot a run's learning curve (training loss and batch IoU against step) from RUN_DIR/log.jsonl.
 
-    python -m sqsam_train.curve runs/v1 models/training-curve.png [--validation val.jsonl]
+    python -m sqsam_train.curve runs/v1 runs/v1/training-curve.png [--validation val.jsonl]
 
 ``--validation`` takes the JSON lines ``sqsam_train.validate`` prints (one per checkpoint) and
 adds held-out NoC@90 / mIoU@1 points.

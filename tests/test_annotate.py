@@ -27,7 +27,7 @@ from sqsam_core.geometry import mask_iou
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["106024.jpg", "124080.jpg", "153077.jpg", "153093.jpg"]
-#: Mean IoU of box-to-mask with ground-truth boxes that the issue's bar asks for.
+#: The least mean IoU of box-to-mask with ground-truth boxes that the product promises.
 BOX_MIN_MEAN_IOU = 0.85
 
 

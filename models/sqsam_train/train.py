@@ -120,7 +120,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "but brute force: slow on a CPU) or per sample on the CPU; auto: device on CUDA")
     p.add_argument("--minutes", type=float, default=None,
                    help="a wall-clock budget: the cosine runs over this many minutes of training instead of "
-                        "--steps, and the run ends when they are spent (a fixed-time run on a lent GPU)")
+                        "--steps, and the run ends when they are spent (a fixed-time run on a GPU machine)")
     p.add_argument("--amp", action="store_true",
                    help="run the network's passes in bfloat16 autocast (weights, optimiser and loss stay float32); "
                         "for GPUs with bfloat16 tensor cores and CPUs with AVX512-BF16 or AMX")
@@ -559,10 +559,10 @@ def main(argv=None) -> None:
     budget = args.minutes * 60 if args.minutes else None
     batched_rule = {"auto": None, "device": True, "cpu": False}[args.click_rule]
 
-    def elapsed_total() -> float:  # seconds of training, earlier sessions of this run included
+    def elapsed_total() -> float:  # seconds of training, earlier invocations of this run included
         return elapsed_before + time.time() - started
 
-    # SIGTERM (a lease's deadline, `timeout`, a scheduler) ends the run after the current step,
+    # SIGTERM (a job's deadline, `timeout`, a scheduler) ends the run after the current step,
     # with a checkpoint, instead of losing the work since the last one.
     terminated = threading.Event()
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: terminated.set())

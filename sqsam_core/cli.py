@@ -6,19 +6,16 @@
 
 Exit codes: 0 success; 2 bad input (argument errors, unreadable images, bad clicks, a missing
 or corrupt model file; always one line ``sqsam: error: ...`` on stderr, never a traceback);
-130 interrupted.
+130 interrupted; 1 when a command's module fails to load (a bug, reported on one line).
 
-Other packages add subcommands through :data:`COMMAND_MODULES`: each is imported if it can be
-(an ``ImportError`` leaves its commands out) and its ``register_commands(subparsers)`` adds
-parsers with ``subparsers.add_parser(...)``, each setting ``set_defaults(func=handler)``, where
-``handler(args) -> int | None`` returns the exit code (None = 0) and raises
-:class:`~sqsam_core.errors.SqsamError` for bad input.
+Other modules add subcommands through the ``sqsam.commands`` entry points (pyproject.toml),
+found by :mod:`sqsam_core.commands`; a command whose optional extra is not installed still shows
+and says what to install.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
@@ -31,25 +28,13 @@ from sqsam_core import __version__
 from sqsam_core.argtypes import positive_int
 from sqsam_core.argtypes import probability as _probability
 from sqsam_core.contract import GRANULARITIES
-from sqsam_core.errors import InvalidPromptError, SqsamError
-
-#: Optional modules that contribute subcommands via ``register_commands(subparsers)``.
-COMMAND_MODULES = (
-    "sqsam_core.bench.command",
-    "sqsam_core.loadtest",
-    "sqsam_core.annotate.command",
-    "sqsam_label_studio.cli",
-    "sqsam_train.finetune_cli",
-    "sqsam_cvat.cli",
-)
+from sqsam_core.commands import CommandLoadError, missing_extra_hint, missing_package, register_commands
+from sqsam_core.errors import CliError, InvalidPromptError, SqsamError
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-class CliError(SqsamError):
-    """A command-line problem that is the user's to fix (bad paths, bad option values)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,23 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=cmd_eval)
 
-    register_plugins(sub)
+    register_commands(sub)
     return parser
-
-
-def register_plugins(subparsers, modules: Sequence[str] | None = None) -> list[str]:
-    """Let optional modules add subcommands; returns the names of the modules that did."""
-    registered = []
-    for name in COMMAND_MODULES if modules is None else modules:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue  # the package or one of its dependencies is not installed: no such command
-        register = getattr(module, "register_commands", None)
-        if register is not None:
-            register(subparsers)
-            registered.append(name)
-    return registered
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -480,8 +450,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
         except SystemExit as exc:  # --help, --version, argparse errors (code 2)
             return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-        result = args.func(args)
+        try:
+            result = args.func(args)
+        except ModuleNotFoundError as exc:  # an optional package the command imports when it runs
+            if missing_package(exc) is None:
+                raise
+            raise CliError(missing_extra_hint(args.command, missing_package(exc))) from None
         return EXIT_OK if result is None else int(result)
+    except CommandLoadError as exc:
+        _error(str(exc))
+        return EXIT_FAILED
     except SqsamError as exc:
         _error(str(exc))
         return EXIT_USAGE

@@ -7,8 +7,6 @@ a linear function of the image's grey level, which moves the 0.5 crossing onto i
 Only pixels the network is unsure of (``unsure < p < 1 - unsure``) may change, so confident
 parts of the mask, thin ones included, are kept as predicted.
 
-:class:`LearnedEdgeRefine` is an opt-in, learned alternative to the guided filter (same band idea).
-
 All arrays here are image-space ``(H, W)`` planes, row = y, column = x, in pixels of the image
 (or of its zoom-in source copy, see :func:`refine_mask`).
 """
@@ -17,11 +15,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
-import onnxruntime as ort
+
+
+class EdgeRefiner(Protocol):
+    """What the predictor calls to snap a mask to image edges (:class:`EdgeRefine` is the shipped one)."""
+
+    def refine(self, logits: np.ndarray, rgb: np.ndarray, grey: np.ndarray, source_scale: float) -> np.ndarray:
+        """``(H, W)`` bool mask from ``(H, W)`` float32 image-space ``logits``; ``rgb`` ``(h, w, 3)`` /
+        ``grey`` ``(h, w)`` uint8 are the source pixels they cover, ``source_scale`` source pixels
+        per image pixel."""
 
 
 @dataclass(frozen=True)
@@ -38,38 +44,12 @@ class EdgeRefine:
     unsure: float = 0.2
 
     def refine(self, logits: np.ndarray, rgb: np.ndarray, grey: np.ndarray, source_scale: float) -> np.ndarray:
-        """The refiners' common call (:class:`LearnedEdgeRefine` has the same): :func:`refine_mask`.
+        """:meth:`EdgeRefiner.refine` by :func:`refine_mask`.
 
         ``logits``: ``(H, W)`` float32 image-space; ``rgb`` ``(h, w, 3)`` / ``grey`` ``(h, w)``
         uint8: the source pixels they cover, ``source_scale`` source pixels per image pixel.
         """
         return refine_mask(logits, grey, source_scale, self)
-
-
-# The learned edge refiner (``sqsam_train.edge_net`` trains it; :class:`LearnedEdgeRefine` runs it).
-BAND_PX = 3  # pixels within this distance of the mask's boundary may change...
-CONFIDENT_LOGIT = 3.0  # ...unless the network is this sure of them (|logit|; p < 0.047 or > 0.953)
-EDGE_NET_DILATIONS = (1, 2, 4, 1)  # its 3x3 convolutions
-EDGE_NET_REACH = sum(EDGE_NET_DILATIONS)  # pixels of context each side: 8
-EDGE_NET_WIDTH = 16  # channels
-EDGE_NET_LOGIT_SCALE = 8.0  # its logit input is logit / this
-
-
-def edge_net_input(rgb: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    """The learned refiner's input, the same in training and serving: ``(N, 4, h, w)`` float32
-    [RGB scaled to [-1, 1], logit / ``EDGE_NET_LOGIT_SCALE``] from ``(N, h, w, 3)`` uint8 ``rgb``
-    and ``(N, h, w)`` ``logits``."""
-    colour = rgb.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
-    return np.concatenate([colour, (logits.astype(np.float32) / EDGE_NET_LOGIT_SCALE)[:, None]], 1)
-
-
-def boundary_band(logits: np.ndarray, band_px: int = BAND_PX) -> np.ndarray:
-    """``(h, w)`` bool: pixels within ``band_px`` (square neighbourhood) of the ``logits > 0`` boundary."""
-    mask = (logits > 0).astype(np.uint8)
-    kernel = np.ones((2 * band_px + 1, 2 * band_px + 1), np.uint8)
-    grown = cv2.dilate(mask, kernel, borderType=cv2.BORDER_REPLICATE)
-    shrunk = cv2.erode(mask, kernel, borderType=cv2.BORDER_REPLICATE)
-    return grown != shrunk
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -154,11 +134,11 @@ def _refine_at_guide_scale(logits: np.ndarray, grey: np.ndarray, settings: EdgeR
     if band is None:
         return mask
     bounds, filtered = band
-    _paste_box_from_source(mask, filtered, bounds, grey.shape, 0.5)
+    paste_box_from_source(mask, filtered, bounds, grey.shape, 0.5)
     return mask
 
 
-def _paste_box_from_source(mask: np.ndarray, values: np.ndarray, bounds: tuple[int, int, int, int],
+def paste_box_from_source(mask: np.ndarray, values: np.ndarray, bounds: tuple[int, int, int, int],
                            source_shape: tuple[int, ...], threshold: float) -> None:
     """Resize ``values`` (the ``(top, bottom, left, right)`` box of a ``source_shape`` downscaled
     copy) to the ``(H, W)`` image's pixels and write ``values > threshold`` into ``mask`` there."""
@@ -179,7 +159,7 @@ def _filter_band(logits: np.ndarray, grey: np.ndarray, unsure: np.ndarray, setti
     Returns ``((top, bottom, left, right), filtered)``, ``filtered`` the box's probability with
     the ``unsure`` pixels re-fitted (:func:`guided_filter_where`), or None when nothing is unsure.
     """
-    bounds = _band_bounds(unsure, pad)
+    bounds = band_bounds(unsure, pad)
     if bounds is None:
         return None
     top, bottom, left, right = bounds
@@ -193,7 +173,7 @@ def _unsure_logit(settings: EdgeRefine) -> float:
     return math.log((1.0 - settings.unsure) / settings.unsure)
 
 
-def _band_bounds(unsure: np.ndarray, pad: int) -> tuple[int, int, int, int] | None:
+def band_bounds(unsure: np.ndarray, pad: int) -> tuple[int, int, int, int] | None:
     """``(top, bottom, left, right)`` (exclusive) of the ``True`` pixels grown by ``pad``; None if none."""
     rows, cols = np.nonzero(unsure.any(axis=1))[0], np.nonzero(unsure.any(axis=0))[0]
     if rows.size == 0:
@@ -205,87 +185,3 @@ def _band_bounds(unsure: np.ndarray, pad: int) -> tuple[int, int, int, int] | No
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(logits, -30.0, 30.0), dtype=np.float32))
-
-
-class LearnedEdgeRefine:
-    """The learned edge refiner: a small full-resolution network that corrects the logits near the boundary.
-
-    It sees the image and the upsampled logits (``sqsam_train.edge_net`` trains it on the shipped
-    SqueezeSAM's own outputs) and changes only pixels within ``BAND_PX`` of the ``logits > 0``
-    boundary. It runs on the ``tile x tile`` blocks that hold such pixels, each with the network's
-    reach (``EDGE_NET_REACH``) of real context around it, all blocks in one ONNX Runtime call.
-    Pixels the network is already sure of (``|logit| >= confident_logit``) never change.
-
-    Opt-in and not shipped with weights: on the held-out split it improves ECSSD's NoC@90 but
-    not the whole split's, at ~25 ms more per click (models/EXPERIMENTS.md, *Learned edge refiner*).
-    ``path``: an ONNX file written by ``python -m sqsam_train.edge_net export``.
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None, tile: int = 32,
-                 confident_logit: float = CONFIDENT_LOGIT):
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        self.tile = tile
-        self.confident_logit = confident_logit
-
-    def __call__(self, logits: np.ndarray, rgb: np.ndarray) -> np.ndarray:
-        """``(h, w)`` bool mask from ``(h, w)`` float32 logits and the ``(h, w, 3)`` uint8 RGB they cover."""
-        return self.refine_logits(logits, rgb) > 0
-
-    def refine(self, logits: np.ndarray, rgb: np.ndarray, grey: np.ndarray, source_scale: float) -> np.ndarray:
-        """The refiners' common call (as :meth:`EdgeRefine.refine`; ``grey`` is not used)."""
-        return self(logits, rgb) if source_scale == 1.0 else self.refine_at_source_scale(logits, rgb)
-
-    def refine_logits(self, logits: np.ndarray, rgb: np.ndarray) -> np.ndarray:
-        """``(h, w)`` float32 logits with the boundary band's values corrected by the network."""
-        out = logits.astype(np.float32, copy=True)
-        band = boundary_band(logits) & (np.abs(logits) < self.confident_logit)
-        blocks = _band_blocks(band, self.tile)
-        if not blocks:
-            return out
-        reach, tile = EDGE_NET_REACH, self.tile
-        height, width = logits.shape
-
-        def pad(plane: np.ndarray) -> np.ndarray:  # context beyond the window's edge: reflected
-            return cv2.copyMakeBorder(plane, reach, -height % tile + reach, reach, -width % tile + reach,
-                                      cv2.BORDER_REFLECT_101)
-
-        side = tile + 2 * reach
-        padded_rgb, padded_logits = pad(rgb), pad(out)
-        blocks_rgb = np.stack([padded_rgb[top : top + side, left : left + side] for top, left in blocks])
-        blocks_logits = np.stack([padded_logits[top : top + side, left : left + side] for top, left in blocks])
-        change = self.session.run(None, {"patches": edge_net_input(blocks_rgb, blocks_logits)})[0]
-        for (top, left), block_change in zip(blocks, change[:, 0, reach : reach + tile, reach : reach + tile]):
-            bottom, right = min(height, top + tile), min(width, left + tile)
-            here = (slice(top, bottom), slice(left, right))
-            out[here] += np.where(band[here], block_change[: bottom - top, : right - left], 0.0)
-        return out
-
-    def refine_at_source_scale(self, logits: np.ndarray, source: np.ndarray) -> np.ndarray:
-        """:meth:`__call__` for a very large image whose ``(h, w, 3)`` ``source`` is a downscaled copy.
-
-        As :func:`_refine_at_guide_scale`: the ``(H, W)`` logits are sampled at the source's size,
-        refined there, and only the band's bounding box is resized back and thresholded.
-        """
-        small = cv2.resize(logits, (source.shape[1], source.shape[0]), interpolation=cv2.INTER_LINEAR)
-        mask = logits > 0
-        bounds = _band_bounds(boundary_band(small), EDGE_NET_REACH)
-        if bounds is None:
-            return mask
-        top, bottom, left, right = bounds
-        refined = self.refine_logits(small[top:bottom, left:right], source[top:bottom, left:right])
-        _paste_box_from_source(mask, refined, bounds, source.shape, 0.0)
-        return mask
-
-
-def _band_blocks(band: np.ndarray, tile: int) -> list[tuple[int, int]]:
-    """``(top, left)`` of every ``tile x tile`` block of ``(h, w)`` bool ``band`` holding a True pixel."""
-    height, width = band.shape
-    rows, cols = -(-height // tile), -(-width // tile)
-    padded = np.zeros((rows * tile, cols * tile), bool)
-    padded[:height, :width] = band
-    hits = padded.reshape(rows, tile, cols, tile).any(axis=(1, 3))
-    return [(int(row) * tile, int(col) * tile) for row, col in zip(*np.nonzero(hits))]

@@ -24,5 +24,9 @@ class ModelFileError(SqsamError):
     """The ONNX model file is missing, corrupt, or does not follow the model contract."""
 
 
+class CliError(SqsamError):
+    """A command-line problem that is the user's to fix (bad paths, bad option values)."""
+
+
 class BenchError(SqsamError):
     """A ``sqsam bench`` option or input that is the user's to fix."""

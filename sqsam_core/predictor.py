@@ -243,14 +243,14 @@ class SqueezeSAM:
             (training uses this to validate a PyTorch network through exactly this code).
         zoom_in: refine clicks on a zoomed-in window (:class:`ZoomIn`); None = always the whole image.
         edge_refine: snap the presented mask of a pass with clicks to image edges
-            (:class:`edges.EdgeRefine`, the guided filter; or an opt-in trained
-            :class:`edges.LearnedEdgeRefine`); None = the network's upsampled mask as it is.
+            (:class:`edges.EdgeRefine`, the guided filter, or any other
+            :class:`edges.EdgeRefiner`); None = the network's upsampled mask as it is.
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, threads: int | None = None,
                  cache_size: int = 16, backend: Backend | None = None, spec: ModelSpec | None = None,
                  zoom_in: ZoomIn | None = ZoomIn(),
-                 edge_refine: edges.EdgeRefine | edges.LearnedEdgeRefine | None = edges.EdgeRefine()):
+                 edge_refine: edges.EdgeRefiner | None = edges.EdgeRefine()):
         if backend is None:
             onnx_backend = OnnxBackend(model_path or default_model_path(), threads)
             backend, spec = onnx_backend, onnx_backend.spec

@@ -221,8 +221,13 @@ def test_sam_baseline_pipeline_on_a_tiny_sam(tmp_path):
 def test_cli_registers_bench():
     import argparse
 
+    from importlib.metadata import EntryPoint
+
+    from sqsam_core import commands
+
     sub = argparse.ArgumentParser().add_subparsers()
-    assert "sqsam_core.bench.command" in cli.register_plugins(sub, ["sqsam_core.bench.command"])
+    ep = EntryPoint("bench", "sqsam_core.bench.command:register_commands", commands.GROUP)
+    assert "sqsam_core.bench.command" in commands.register_commands(sub, [ep])
 
 
 def test_cli_bench_quick(tmp_path, capsys):

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import types
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import BUNDLED_MODEL, REPO, dataset
-from sqsam_core import cli
+from sqsam_core import cli, commands
 from sqsam_core.errors import InvalidPromptError
 from sqsam_core.geometry import interior_point, mask_iou
 from sqsam_core.overlay import NEGATIVE_COLOR, POSITIVE_COLOR, mask_color, render_overlay
@@ -357,7 +358,9 @@ def _fake_plugin(monkeypatch, handler) -> None:
 
     module.register_commands = register_commands
     monkeypatch.setitem(sys.modules, "sqsam_fake_plugin", module)
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("sqsam_absent_integration_xyz", "sqsam_fake_plugin"))
+    eps = [EntryPoint("absent", "sqsam_absent_integration_xyz:register_commands", commands.GROUP),
+           EntryPoint("fake", "sqsam_fake_plugin:register_commands", commands.GROUP)]
+    monkeypatch.setattr(commands, "command_entry_points", lambda: eps)
 
 
 def test_plugins_add_commands_and_absent_ones_are_skipped(monkeypatch, capsys):
@@ -375,11 +378,6 @@ def test_keyboard_interrupt_exits_130(monkeypatch, capsys):
     _fake_plugin(monkeypatch, interrupted)
     code, _, err = run(["fake"], capsys)
     assert code == 130 and "Traceback" not in err
-
-
-def test_default_integrations_are_optional():
-    assert "sqsam_label_studio.cli" in cli.COMMAND_MODULES and "sqsam_cvat.cli" in cli.COMMAND_MODULES
-    assert cli.build_parser().prog == "sqsam"
 
 
 # --------------------------------------------------------------------------------------------

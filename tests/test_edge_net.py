@@ -5,8 +5,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sqsam_core import edges  # noqa: E402
-from sqsam_core.edges import LearnedEdgeRefine, boundary_band  # noqa: E402
+from sqsam_train import learned_edges as edges  # noqa: E402
+from sqsam_train.learned_edges import LearnedEdgeRefine, boundary_band  # noqa: E402
 from sqsam_train import edge_net  # noqa: E402
 
 

@@ -5,7 +5,7 @@ so the mask's boundary is smooth and often sits a pixel or two off the object's 
 held-out split, fixing only the pixels within 1 px of the presented mask's boundary (with the
 ground truth, an oracle) takes NoC@90 from 5.26 to 3.79: the last per cent are boundary pixels.
 This small full-resolution network (:func:`build_edge_net`) sees the image and the upsampled
-logits and corrects the logits in that band (``sqsam_core.edges.LearnedEdgeRefine`` runs it).
+logits and corrects the logits in that band (``sqsam_train.learned_edges.LearnedEdgeRefine`` runs it).
 An experiment, not adopted: it helps ECSSD's NoC@90 (2.75 -> 2.61) but not the whole split's
 (models/EXPERIMENTS.md, *Learned edge refiner*); no weights are shipped.
 
@@ -29,13 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sqsam_core import edges, geometry
+from sqsam_core import geometry
 from sqsam_core.evaluation import EvalObject, evaluate_object
 from sqsam_core.predictor import OnnxBackend, SqueezeSAM, default_model_path
+from sqsam_train import learned_edges
 from sqsam_train.data import load_training_data
 
 PATCH = 48  # training patch side, image pixels; the loss is taken on its centre (see MARGIN)
-MARGIN = edges.EDGE_NET_REACH  # the network's reach: the centre's values do not see the padding
+MARGIN = learned_edges.EDGE_NET_REACH  # the network's reach: the centre's values do not see the padding
 CLICKS = 10  # click states collected per object (the RITM loop's first clicks)
 PATCHES_PER_STATE = 4
 COLLECT_SETS = ("ECSSD", "Human", "COCO_MVal")  # COCO128's small polygon objects add little boundary
@@ -73,7 +74,7 @@ def cut_band_patches(rgb: np.ndarray, logits: np.ndarray, gt: np.ndarray, rng: n
     height, width = logits.shape
     if height < PATCH or width < PATCH:
         return []
-    band = edges.boundary_band(logits)
+    band = learned_edges.boundary_band(logits)
     rows, cols = np.nonzero(band)
     if rows.size == 0:
         return []
@@ -124,7 +125,7 @@ def collect(data_root: Path, out: Path, shard: tuple[int, int], cache: Path | No
 # ---------------------------------------------------------------------------------------------
 
 
-def build_edge_net(width: int = edges.EDGE_NET_WIDTH):
+def build_edge_net(width: int = learned_edges.EDGE_NET_WIDTH):
     """:class:`EdgeNet`: ``(N, 4, h, w)`` [RGB in [-1, 1], logit / 8] -> ``(N, 1, h, w)`` logit change.
 
     Four 3x3 convolutions with dilations 1, 2, 4, 1 (reach ``EDGE_NET_REACH`` = 8 px), ReLU,
@@ -137,7 +138,7 @@ def build_edge_net(width: int = edges.EDGE_NET_WIDTH):
         def __init__(self):
             super().__init__()
             layers, channels = [], 4
-            for dilation in edges.EDGE_NET_DILATIONS:
+            for dilation in learned_edges.EDGE_NET_DILATIONS:
                 layers += [nn.Conv2d(channels, width, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]
                 channels = width
             self.body = nn.Sequential(*layers)
@@ -160,7 +161,7 @@ def load_patches(paths: list[Path], sets: tuple[str, ...]) -> dict[str, np.ndarr
 
 
 def train(paths: list[Path], out: Path, steps: int, batch: int, lr: float, sets: tuple[str, ...],
-          seed: int, threads: int, width: int = edges.EDGE_NET_WIDTH) -> None:
+          seed: int, threads: int, width: int = learned_edges.EDGE_NET_WIDTH) -> None:
     """Train on the band pixels of the patches' centres; BCE of ``logit + change`` against gt."""
     import torch
     import torch.nn.functional as F
@@ -180,12 +181,12 @@ def train(paths: list[Path], out: Path, steps: int, batch: int, lr: float, sets:
 
     def batch_tensors(index: np.ndarray):
         raw_logits = data["logits"][index]
-        inputs = torch.from_numpy(edges.edge_net_input(data["rgb"][index], raw_logits))
+        inputs = torch.from_numpy(learned_edges.edge_net_input(data["rgb"][index], raw_logits))
         logits = torch.from_numpy(raw_logits.astype(np.float32))[:, None]
         gt = torch.from_numpy(data["gt"][index])[:, None].float()
         flip = torch.from_numpy(rng.random(len(index)) < 0.5)
         inputs[flip], logits[flip], gt[flip] = inputs[flip].flip(-1), logits[flip].flip(-1), gt[flip].flip(-1)
-        band = torch.from_numpy(np.stack([edges.boundary_band(plane) for plane in logits[:, 0].numpy()]))[:, None]
+        band = torch.from_numpy(np.stack([learned_edges.boundary_band(plane) for plane in logits[:, 0].numpy()]))[:, None]
         inner = torch.zeros_like(band)
         inner[..., MARGIN:-MARGIN, MARGIN:-MARGIN] = True
         return inputs, logits, gt, band & inner
@@ -258,7 +259,7 @@ def main(argv=None) -> None:
     p.add_argument("--sets", default="ECSSD,Human", help="training sets whose patches to learn from")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--width", type=int, default=edges.EDGE_NET_WIDTH, help="channels of its convolutions")
+    p.add_argument("--width", type=int, default=learned_edges.EDGE_NET_WIDTH, help="channels of its convolutions")
     p = commands.add_parser("export", help="export a trained EdgeNet to ONNX")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("out", type=Path)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from sqsam_core.contract import DEFAULT_INPUT_SIZE
-from sqsam_core.edges import EdgeRefine, LearnedEdgeRefine
+from sqsam_core.edges import EdgeRefine
+from sqsam_train.learned_edges import LearnedEdgeRefine
 from sqsam_core.evaluation import EvalObject, clicks_to_reach, evaluate, format_report, summarize, zero_click_iou
 from sqsam_core.predictor import SqueezeSAM, ZoomIn
 from sqsam_train.band_oracle import evaluate_with_band_oracle

@@ -229,7 +229,7 @@ def cmd_annotate(args) -> int:
 
 
 def register_commands(subparsers) -> None:
-    """Add ``sqsam annotate`` and ``sqsam bench-annotate`` (via :func:`sqsam_core.cli.register_plugins`)."""
+    """Add ``sqsam annotate`` (the ``sqsam.commands`` entry point ``annotate``)."""
     from sqsam_core.argtypes import positive_int, probability
     from sqsam_core.imageio import DEFAULT_MAX_PIXELS
 
@@ -283,7 +283,3 @@ def register_commands(subparsers) -> None:
     p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
                    help="when stderr is not a terminal: a progress line every SECONDS (default 10)")
     p.set_defaults(func=cmd_annotate)
-
-    from sqsam_core.annotate.bench import register_bench
-
-    register_bench(subparsers)

@@ -35,9 +35,15 @@ def _subparsers_of(parser: argparse.ArgumentParser):
 
 
 def register_commands(subparsers) -> None:
-    """Add ``serve label-studio`` and ``demo`` to sqsam's top-level subparsers.
+    """Add ``serve label-studio`` and ``demo`` to sqsam's top-level subparsers."""
+    register_serve(subparsers)
+    register_demo(subparsers)
 
-    Each command sets ``func`` (``func(args) -> int`` exit code). An existing ``serve`` command
+
+def register_serve(subparsers) -> None:
+    """Add ``serve label-studio`` (the ``sqsam.commands`` entry point ``serve``).
+
+    The command sets ``func`` (``func(args) -> int`` exit code). An existing ``serve`` command
     (e.g. one that already holds ``serve cvat``) gets ``label-studio`` added to it.
     """
     serve = subparsers.choices.get("serve") if hasattr(subparsers, "choices") else None
@@ -57,6 +63,9 @@ def register_commands(subparsers) -> None:
                     choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     ls.set_defaults(func=serve_command)
 
+
+def register_demo(subparsers) -> None:
+    """Add ``demo`` (the ``sqsam.commands`` entry point ``demo``)."""
     demo = subparsers.add_parser(
         "demo", help="start a local Label Studio with sample images and the sqsam backend connected",
         description="Start Label Studio (from its pip package) on 127.0.0.1 with a project, a few images and "

@@ -10,7 +10,7 @@ reaching 90 % and never reaching it move the mean of 91 by 0.1-0.2 each).
 Per candidate it prints the mean NoC@90 change (candidate minus baseline: negative is better),
 its 95 % bootstrap interval (``scipy.stats.bootstrap``, BCa, 10,000 resamples over objects) and
 how many objects got better / worse / stayed. ``--set ECSSD`` compares on one training set's
-objects only (names are ``<set>/<stem>``): the model card's second rule reads the ECSSD objects,
+objects only (names are ``<set>/<stem>``): the model card's release rule reads the ECSSD objects,
 whose pixel-traced masks are the closest to Berkeley's.
 """
 

@@ -6,7 +6,7 @@ Calibration inputs are recorded from serving passes on *training* images (never 
 saliency pass and a few simulated clicks through the runtime's own predictor (full and zoom-in
 views, previous mask fed back), so activations are calibrated on what serving feeds the model.
 The contract metadata is copied over. Whether the int8 file ships is decided by measured quality
-and speed (models/EXPERIMENTS.md, *Int8*).
+and speed (models/EXPERIMENTS.md, *squeezesam-v6 int8*).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ VENV ?= .venv
 LS_VENV ?= .venv-label-studio
 TOOLS_VENV ?= .venv-tools
 PY := $(VENV)/bin/python
+# The data root (train/, eval/<NAME>/); the same default as sqsam_core.config.data_root().
+SQSAM_DATA ?= ../shared/data
 REQ := requirements
 # pip-compile's options for every constraints file: no index URLs or local paths in the output.
 COMPILE = $(TOOLS_VENV)/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
@@ -42,8 +44,8 @@ demo: install install-label-studio
 	SQSAM_LABEL_STUDIO_BIN=$(abspath $(LS_VENV))/bin/label-studio $(VENV)/bin/sqsam demo
 
 eval: install
-	$(VENV)/bin/sqsam eval ../shared/data/eval/GrabCut --json eval-grabcut.json
-	$(VENV)/bin/sqsam eval ../shared/data/eval/Berkeley --json eval-berkeley.json
+	$(VENV)/bin/sqsam eval $(SQSAM_DATA)/eval/GrabCut --json eval-grabcut.json
+	$(VENV)/bin/sqsam eval $(SQSAM_DATA)/eval/Berkeley --json eval-berkeley.json
 
 bench: install
 	$(VENV)/bin/sqsam bench
@@ -57,7 +59,7 @@ $(TOOLS_VENV)/.installed:
 constraints: $(TOOLS_VENV)/.installed
 	$(COMPILE) --upgrade --extra train --extra label-studio --extra cvat --extra bench --extra dev \
 		-o $(REQ)/dev.txt pyproject.toml $(REQ)/torch-cpu.in
-	$(COMPILE) --upgrade --extra label-studio -o $(REQ)/docker.txt pyproject.toml
+	$(COMPILE) --upgrade --extra label-studio --extra dask -o $(REQ)/docker.txt pyproject.toml
 	$(COMPILE) --upgrade -o $(REQ)/label-studio.txt $(REQ)/label-studio.in
 
 # Newest releases, in throw-away venvs: what `make constraints` would pin, tested before it is.

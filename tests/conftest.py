@@ -1,4 +1,4 @@
-"""Shared fixtures: data paths (skip cleanly when ../shared/data is absent) and a tiny ONNX fixture.
+"""Shared fixtures: data paths (skip cleanly when the data root, sqsam_core.config.data_root, is absent) and a tiny ONNX fixture.
 
 The fixture model is NOT a segmentation model: it is a contract-shaped ONNX graph built with
 onnx.helper whose mask logits are positive exactly on the positive-click disks (pooled to the
@@ -7,14 +7,15 @@ output stride). It lets plumbing tests check geometry end to end without trained
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from sqsam_core.config import data_root
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SQSAM_DATA", REPO.parent / "shared" / "data"))
+DATA = data_root(REPO)  # $SQSAM_DATA, else ../shared/data beside the repository
 BUNDLED_MODEL = REPO / "models" / "weights" / "squeezesam.onnx"
 
 

@@ -1,6 +1,6 @@
 """Pack the training split into one small file, to train on a machine that has no copy of the data.
 
-    python -m sqsam_train.pack --data ../shared/data --out .gpu/train-pack.pkl            # here
+    python -m sqsam_train.pack --out .gpu/train-pack.pkl            # here
     python -m sqsam_train.pack --unpack .gpu/train-pack.pkl --cache runs/v18/data-cache.pkl  # there
 
 The pack holds exactly what ``data.load_training_data`` caches for training (images already
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sqsam_core.config import DATA_HELP, data_root
 from sqsam_train.data import Entry, load_training_data
 
 PackedEntry = tuple[str, bytes, list[tuple[bytes, tuple[int, int]]]]  # name, WebP, [(packed mask, (H, W))]
@@ -63,7 +64,7 @@ def unpack(pack_file: Path, cache: Path) -> int:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="data root holding train/")
+    p.add_argument("--data", type=Path, default=data_root(), help=f"data root holding train/ (default {DATA_HELP})")
     p.add_argument("--out", type=Path, help="the pack to write")
     p.add_argument("--quality", type=int, default=75, help="WebP quality of the images (masks are lossless)")
     p.add_argument("--data-cache", type=Path, default=None, help="an existing data cache to read instead of --data")

@@ -1,6 +1,6 @@
 """Int8 variant of an exported model (ONNX Runtime static quantisation, QDQ, per-channel).
 
-    python -m sqsam_train.quantize models/weights/squeezesam.onnx /tmp/squeezesam-int8.onnx --data ../shared/data
+    python -m sqsam_train.quantize models/weights/squeezesam.onnx /tmp/squeezesam-int8.onnx
 
 Calibration inputs are recorded from serving passes on *training* images (never eval/): the
 saliency pass and a few simulated clicks through the runtime's own predictor (full and zoom-in
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sqsam_core import SqueezeSAM
+from sqsam_core.config import DATA_HELP, data_root
 from sqsam_core.evaluation import evaluate_object, iter_dataset
 
 
@@ -109,7 +110,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
-    p.add_argument("--data", type=Path, default=Path("../shared/data"))
+    p.add_argument("--data", type=Path, default=data_root(), help=f"data root (default {DATA_HELP})")
     p.add_argument("--count", type=int, default=48)
     p.add_argument("--keep-float", default=None, metavar="REGEX",
                    help=f"node names kept in float32; 'default' = {SENSITIVE_NODES!r}")

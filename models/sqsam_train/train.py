@@ -1,6 +1,6 @@
 """Train the early-fusion SqueezeSAM network. Resumable; the same command runs on CPU or CUDA.
 
-    python -m sqsam_train.train --data ../shared/data --run-dir runs/v1 --steps 6000
+    python -m sqsam_train.train --run-dir runs/v1 --steps 6000
 
 Every ``--ckpt-minutes`` it writes ``RUN_DIR/last.ckpt`` (weights, optimiser, schedule, step and
 every RNG state), so re-running the same command continues exactly where it stopped; SIGTERM ends
@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sqsam_core import geometry
+from sqsam_core.config import DATA_HELP, data_root
 from sqsam_core.contract import (DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN, DEFAULT_STD, HYPOTHESES,
                                  choose_hypothesis, is_ambiguous_prompt)
 from sqsam_train.batched_clicks import click_tensor, next_clicks
@@ -78,7 +79,7 @@ def parse_set_weights(text: str) -> dict[str, float]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="data root holding train/")
+    p.add_argument("--data", type=Path, default=data_root(), help=f"data root holding train/ (default {DATA_HELP})")
     p.add_argument("--run-dir", type=Path, default=Path("runs/v1"))
     p.add_argument("--steps", type=int, default=6000, help="total optimiser steps (the schedule's length)")
     p.add_argument("--batch", type=int, default=8)

@@ -1,6 +1,6 @@
 """Score checkpoints on the held-out validation split of train/ (never on eval/).
 
-    python -m sqsam_train.validate runs/v1/step001000.ckpt runs/v1/last.ckpt --data ../shared/data
+    python -m sqsam_train.validate runs/v1/step001000.ckpt runs/v1/last.ckpt
 
 The network runs behind :class:`sqsam_core.SqueezeSAM` through a PyTorch backend (or ONNX Runtime
 for an exported ``.onnx`` file, faster on CPU), so the numbers come from exactly the
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sqsam_core.config import DATA_HELP, data_root
 from sqsam_core.contract import DEFAULT_INPUT_SIZE
 from sqsam_core.edges import EdgeRefine
 from sqsam_train.learned_edges import LearnedEdgeRefine
@@ -82,7 +83,7 @@ def edge_refiner(args: argparse.Namespace) -> EdgeRefine | LearnedEdgeRefine | N
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", type=Path, nargs="+", help=".ckpt / .pt files, or exported .onnx files")
-    p.add_argument("--data", type=Path, default=Path("../shared/data"))
+    p.add_argument("--data", type=Path, default=data_root(), help=f"data root (default {DATA_HELP})")
     p.add_argument("--cache", type=Path, default=None, help="the training run's data-cache.pkl")
     p.add_argument("--per-set", type=int, default=12)
     p.add_argument("--max-clicks", type=int, default=10)

@@ -206,7 +206,9 @@ def run_bench(dataset_dir: str | os.PathLike, workers: int, copies: int = 2, lim
 def cmd_bench_annotate(args) -> int:
     from sqsam_core.annotate.command import default_workers
 
-    data = Path(args.data or os.environ.get("SQSAM_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data")
+    from sqsam_core.config import data_root
+
+    data = Path(args.data) if args.data else data_root()
     dataset = data / "eval" / args.dataset if (data / "eval" / args.dataset).is_dir() else data
     if not (dataset / "images").is_dir() or not (dataset / "masks").is_dir():
         from sqsam_core.annotate.inputs import InputError
@@ -221,6 +223,7 @@ def cmd_bench_annotate(args) -> int:
 
 def register_bench(subparsers) -> None:
     from sqsam_core.argtypes import positive_int
+    from sqsam_core.config import DATA_HELP
 
     p = subparsers.add_parser(
         "bench-annotate",
@@ -230,7 +233,7 @@ def register_bench(subparsers) -> None:
                     "outputs, and the box-to-mask mean IoU. See docs/scaling.md.",
     )
     p.add_argument("--data", metavar="DIR", default=None,
-                   help="data root holding eval/<DATASET>, or a data set folder (default $SQSAM_DATA or ../shared/data)")
+                   help=f"data root holding eval/<DATASET>, or a data set folder (default {DATA_HELP})")
     p.add_argument("--dataset", default="GrabCut", help="data set under eval/ (default GrabCut)")
     p.add_argument("--workers", type=positive_int, default=None, metavar="N", help="N for the N-process run (default: cores)")
     p.add_argument("--repeat", type=positive_int, default=2, metavar="K",

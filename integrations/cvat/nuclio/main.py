@@ -18,7 +18,10 @@ import os
 import traceback
 
 from sqsam_cvat import common
-from sqsam_core.errors import SqsamError
+from sqsam_core.errors import SqsamError, http_status
+
+#: CVAT shows one status for every bad request (its interactor and detector protocols know no other).
+BAD_INPUT_STATUS = 400
 
 
 def init_context(context) -> None:
@@ -45,10 +48,10 @@ def _guarded(context, work):
         return _response(context, 200, work())
     except SqsamError as exc:  # bad request: a message CVAT (and the user) can act on
         context.logger.warn(f"sqsam: rejected request: {exc}")
-        return _response(context, 400, {"error": str(exc)})
+        return _response(context, http_status(exc, bad_input=BAD_INPUT_STATUS), {"error": str(exc)})
     except Exception as exc:  # noqa: BLE001 -- never crash the worker
         context.logger.error(f"sqsam: internal error: {exc!r}\n{traceback.format_exc()}")
-        return _response(context, 500, {"error": f"internal error in sqsam: {type(exc).__name__}: {exc}"})
+        return _response(context, http_status(exc), {"error": f"internal error in sqsam: {type(exc).__name__}: {exc}"})
 
 
 def handler(context, event):

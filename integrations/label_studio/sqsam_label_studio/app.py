@@ -51,10 +51,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqsam_core.contract import GRANULARITIES
-from sqsam_core.errors import SqsamError
+from sqsam_core.errors import SqsamError, http_status
 
-from .errors import ConfigError
-from .images import ImageFetchError, ImageLoader
+from .errors import ApiError, ConfigError, ImageFetchError
+from .images import ImageLoader
 from .labelconfig import LabelConfig, LabelConfigError, parse_label_config
 from .learning import TrainSettings, make_learner
 from .limits import RequestLimits, check_basic_auth, check_extra_params, parse_json_object
@@ -64,12 +64,6 @@ logger = logging.getLogger("sqsam_label_studio")
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
-
-
-class ApiError(Exception):
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 def _env_bool(value: str | None, default: bool) -> bool:
@@ -174,20 +168,9 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
     def error(message: str, status: int):
         return jsonify({"error": message, "status": status}), status
 
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
-        logger.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
-        return error(str(exc), exc.status)
-
-    @app.errorhandler(ImageFetchError)
-    def _image_error(exc: ImageFetchError):
-        logger.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
-        return error(str(exc), exc.status)
-
     @app.errorhandler(SqsamError)
-    def _sqsam_error(exc: SqsamError):
-        status = getattr(exc, "status", 422)
-        status = status if isinstance(status, int) and 400 <= status < 500 else 422
+    def _sqsam_error(exc: SqsamError):  # every sqsam error (ApiError, ImageFetchError, ...) carries its status
+        status = http_status(exc)
         logger.info("%s %s -> %d: %s", request.method, request.path, status, exc)
         return error(str(exc), status)
 
@@ -198,7 +181,7 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # a bug: log it, answer without a traceback
         logger.exception("unexpected error on %s %s", request.method, request.path)
-        return error(f"internal error ({type(exc).__name__}); see the sqsam backend's log", 500)
+        return error(f"internal error ({type(exc).__name__}); see the sqsam backend's log", http_status(exc))
 
     @app.before_request
     def _basic_auth():

@@ -20,18 +20,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from sqsam_core.errors import SqsamError
 from sqsam_core.prompts import DEFAULT_MAX_CLICKS
 
-from .errors import ConfigError
-
-
-class RequestError(SqsamError):
-    """A request the backend refuses; ``status`` is its 4xx HTTP status."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
+from .errors import ConfigError, RequestError
 
 
 @dataclass(frozen=True)

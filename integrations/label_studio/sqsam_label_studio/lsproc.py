@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from .errors import LabelStudioError
+
 ENV_BIN = "SQSAM_LABEL_STUDIO_BIN"
 #: The one name of Label Studio's own venv (the Makefile, the demo and the tests use it).
 LS_VENV = ".venv-label-studio"
@@ -46,10 +48,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-class LabelStudioError(RuntimeError):
-    pass
 
 
 class LabelStudioServer:

@@ -83,8 +83,13 @@ class ObjectResult:
     zero_click_iou: float | None
 
 
-def evaluate_object(model, obj: EvalObject, max_clicks: int = 20, zero_click: bool = True) -> ObjectResult:
-    """Run the RITM protocol on one object with a :class:`~sqsam_core.SqueezeSAM`."""
+def evaluate_object(model, obj: EvalObject, max_clicks: int = 20, zero_click: bool = True,
+                    stop_iou: float | None = None) -> ObjectResult:
+    """Run the RITM protocol on one object with a :class:`~sqsam_core.SqueezeSAM`.
+
+    ``stop_iou``: stop clicking once the IoU reaches it and repeat that IoU for the remaining
+    clicks (NoC up to that threshold is unchanged; later mIoU@k are then lower bounds' stand-ins).
+    """
     prepared = model.prepare(obj.image)
     pred_mask = np.zeros_like(obj.gt)
     clicks: list[geometry.Click] = []
@@ -101,6 +106,9 @@ def evaluate_object(model, obj: EvalObject, max_clicks: int = 20, zero_click: bo
         times.append((time.perf_counter() - start) * 1000)
         pred_mask = prev.mask
         ious.append(geometry.mask_iou(pred_mask, obj.gt, obj.ignore))
+        if stop_iou is not None and ious[-1] >= stop_iou:
+            ious += [ious[-1]] * (max_clicks - len(ious))
+            break
     zero = zero_click_iou(model, prepared, obj.gt, obj.ignore) if zero_click else None
     return ObjectResult(obj.name, ious, times, zero)
 
@@ -144,14 +152,14 @@ def summarize(results: list[ObjectResult], max_clicks: int) -> dict:
 
 
 def evaluate(model, objects: Iterable[EvalObject], max_clicks: int = 20, zero_click: bool = True,
-             progress: bool = False, total: int | None = None) -> dict:
-    """Evaluate a model on objects; returns :func:`summarize`'s report."""
+             progress: bool = False, total: int | None = None, stop_iou: float | None = None) -> dict:
+    """Evaluate a model on objects; returns :func:`summarize`'s report (``stop_iou``: :func:`evaluate_object`)."""
     iterator = objects
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(objects, total=total, desc="eval", unit="obj", dynamic_ncols=True)
-    results = [evaluate_object(model, obj, max_clicks, zero_click) for obj in iterator]
+    results = [evaluate_object(model, obj, max_clicks, zero_click, stop_iou) for obj in iterator]
     report = summarize(results, max_clicks)
     report["zoom_in"] = getattr(model, "zoom_in", None) is not None
     return report
@@ -166,6 +174,23 @@ def evaluate_dataset(model, dataset_dir: str | Path, max_clicks: int = 20, limit
         total = min(total, limit)
     report = evaluate(model, iter_dataset(root, limit), max_clicks, zero_click, progress, total)
     report["dataset"] = root.name
+    report["model_version"] = model.spec.model_version
+    return report
+
+
+def evaluate_annotations(model, annotations, max_clicks: int = 20, limit: int | None = None,
+                         zero_click: bool = True, progress: bool = True) -> dict:
+    """Evaluate on :class:`sqsam_core.datasets.Annotations` (a COCO JSON, a Label Studio export, a
+    folder read by :func:`sqsam_core.datasets.read_annotations`), objects in reading order."""
+    from itertools import islice
+
+    from sqsam_core.datasets import iter_eval_objects
+
+    total = annotations.num_objects if limit is None else min(limit, annotations.num_objects)
+    report = evaluate(model, islice(iter_eval_objects(annotations.images), total), max_clicks, zero_click,
+                      progress, total)
+    report["dataset"] = annotations.kind
+    report["skipped"] = annotations.skipped
     report["model_version"] = model.spec.model_version
     return report
 

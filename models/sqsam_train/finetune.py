@@ -1,0 +1,364 @@
+"""Fine-tune the shipped model on one project's own masks, on a CPU, and export an ONNX model.
+
+    sqsam finetune ../shared/data/project/CamVid-cars/train --minutes 10 --threads 2 [--data ../shared/data]
+    python -m sqsam_train.finetune annotations.json --out project.onnx      # the same, without the CLI
+
+Input: a COCO instances JSON, a Label Studio JSON export or an ``images/`` + ``masks/`` folder
+(:mod:`sqsam_core.datasets`). The run:
+
+1. holds out part of the annotated images (:func:`sqsam_core.datasets.holdout_split`, by image,
+   deterministic by name; ``--holdout``) and trains on the rest;
+2. starts from the shipped model's float16 weights (:data:`BASE_WEIGHTS`) and trains with the
+   training recipe's own step (``train.train_step``: RITM-style corrective clicks, damaged
+   previous masks, best-of-K loss) at a small learning rate, cosine over ``--minutes`` of wall
+   clock (or over ``--steps``). With ``--data`` a share of the general training sets
+   (``../shared/data/train``) is mixed in, which limits forgetting;
+3. exports the result under the model contract (``model_version`` ``<base>+ft.<id>``, or
+   ``--version``) and scores base and candidate on the held-out images with ``sqsam eval``'s
+   protocol (simulated clicks, zoom-in, edge refinement): NoC@85, NoC@90, mIoU@1;
+4. writes ``--out`` only when the candidate is not worse than the base (NoC@90, NoC@85 breaking
+   ties), unless ``--force``.
+
+Resumable: ``RUN_DIR/last.ckpt`` (weights, optimiser, step, RNG states, seconds trained) is
+written every ``--ckpt-minutes`` and on SIGTERM; the same command continues exactly from it.
+Exit codes: 0 model written, 3 candidate worse than the base (nothing written), 2 bad input,
+130 interrupted (checkpoint kept). ``RUN_DIR/report.json`` holds both scores and the costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import torch
+
+from sqsam_core import datasets
+from sqsam_core.contract import DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE
+from sqsam_core.errors import SqsamError
+from sqsam_train import train
+from sqsam_train.data import MAX_SIDE, MIN_OBJECT_PIXELS, SET_WEIGHTS, Entry, SampleMaker, load_training_data
+from sqsam_train.export import export, spec_for
+from sqsam_train.finetune_cli import Recipe, add_arguments
+from sqsam_train.network import build_network, has_refine_stage, read_weights
+
+#: The shipped model's float16 weights (``export --weights-out``): where every fine-tune starts.
+BASE_WEIGHTS = Path(os.environ.get("SQSAM_BASE_WEIGHTS")
+                    or Path(__file__).resolve().parents[1] / "checkpoints" / "squeezesam-v22.pt")
+PROJECT_SET = "project"
+EXIT_WRITTEN, EXIT_WORSE, EXIT_INTERRUPTED = 0, 3, 130
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def to_entries(images: list[datasets.AnnotatedImage]) -> list[Entry]:
+    """Training entries: each image downscaled to at most ``data.MAX_SIDE`` (as the general sets
+    are cached), objects smaller than ``data.MIN_OBJECT_PIXELS`` there left out."""
+    entries = []
+    for item in images:
+        rgb = item.load()
+        h, w = rgb.shape[:2]
+        scale = min(1.0, MAX_SIDE / max(h, w))
+        size = (round(w * scale), round(h * scale))
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+        entry = Entry(f"{PROJECT_SET}/{item.name}", np.ascontiguousarray(small))
+        for obj in item.objects:
+            mask = obj.mask.astype(np.float32)
+            mask = cv2.resize(mask, size, interpolation=cv2.INTER_AREA) > 0.5 if scale < 1 else obj.mask
+            if obj.ignore is not None:
+                mask = mask & ~(cv2.resize(obj.ignore.astype(np.float32), size) > 0.5 if scale < 1 else obj.ignore)
+            if mask.sum() >= MIN_OBJECT_PIXELS:
+                entry.masks.append(mask)
+        if entry.masks:
+            entries.append(entry)
+    return entries
+
+
+def sample_maker(project: list[Entry], general: dict | None, recipe: Recipe, input_size: int) -> SampleMaker:
+    """Samples from the project (all of them, or ``recipe.project_share`` with the general sets)."""
+    sets = {PROJECT_SET: project}
+    weights = {PROJECT_SET: 1.0}
+    salient = 0.0
+    if general:
+        total = sum(SET_WEIGHTS.values())
+        for name, (train_entries, _val) in general.items():
+            sets[name] = train_entries
+            weights[name] = (1 - recipe.project_share) * SET_WEIGHTS[name] / total
+        weights[PROJECT_SET] = recipe.project_share
+        salient = recipe.salient_share
+    return SampleMaker(sets, crop=recipe.crop, input_size=input_size, salient_share=salient, set_weights=weights)
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------
+
+
+def score(model_path: Path, held_out: list[datasets.AnnotatedImage], threads: int, max_clicks: int = 20) -> dict:
+    """``sqsam eval``'s protocol on the held-out images (no zero-click pass), each object clicked
+    until its IoU reaches 0.90: NoC@85, NoC@90, NoF and mIoU@1 as ``sqsam eval`` gives them."""
+    from sqsam_core.evaluation import THRESHOLDS, evaluate
+    from sqsam_core.predictor import SqueezeSAM
+
+    model = SqueezeSAM(model_path, threads=threads)
+    report = evaluate(model, datasets.iter_eval_objects(held_out), max_clicks=max_clicks, zero_click=False,
+                      stop_iou=max(THRESHOLDS))
+    report["model_version"] = model.spec.model_version
+    return report
+
+
+def summary(report: dict) -> dict:
+    return {"model_version": report.get("model_version"), "objects": report["objects"],
+            "NoC@85": round(report["NoC@85"], 3), "NoC@90": round(report["NoC@90"], 3),
+            "mIoU@1": round(report["mIoU@k"][0], 4), "NoF@90": report["NoF@90"]}
+
+
+def is_worse(candidate: dict, base: dict) -> bool:
+    """The refusal rule: NoC@90 higher than the base's; on a tie NoC@85 higher; on a tie again,
+    mIoU@1 lower."""
+    for key, higher_is_worse in (("NoC@90", True), ("NoC@85", True), ("mIoU@1", False)):
+        if candidate[key] != base[key]:
+            return (candidate[key] > base[key]) == higher_is_worse
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+def run_id(found: datasets.Annotations, args) -> str:
+    """A short id of the annotations and the options that shape training (resume checks it; the
+    budget, ``--minutes`` / ``--steps``, is not part of it: a resumed run may be given more)."""
+    content = [(im.name, len(im.objects), [int(o.mask.sum()) for o in im.objects]) for im in found.images]
+    key = json.dumps([content, args.seed, args.holdout, str(args.data), vars(args.recipe)],
+                     default=str)
+    return hashlib.sha1(key.encode()).hexdigest()[:6]
+
+
+def base_version(base_model: Path) -> str:
+    from sqsam_core.predictor import OnnxBackend
+
+    return OnnxBackend(base_model, threads=1).spec.model_version
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m sqsam_train.finetune", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return p.parse_args(argv)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def train_for(net, optimizer, maker: SampleMaker, rng: np.random.Generator, run_dir: Path, options,
+              state: dict | None, progress: bool) -> dict:
+    """Train until ``options.steps`` or ``options.minutes`` is spent; checkpoints in ``run_dir``.
+    Returns ``{"steps", "seconds"}``. Raises :class:`Interrupted` (after a checkpoint) on SIGTERM
+    or Ctrl-C."""
+    from tqdm import tqdm
+
+    last = run_dir / "last.ckpt"
+    step = state["step"] if state else 0
+    elapsed_before = state.get("elapsed", 0.0) if state else 0.0
+    budget = None if options.steps else options.minutes * 60
+    total_steps = options.steps or 10**9
+    started = last_save = time.time()
+    stop = threading.Event()
+
+    def elapsed() -> float:
+        return elapsed_before + time.time() - started
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handlers[sig] = signal.signal(sig, lambda *_: stop.set())
+    bar = tqdm(total=options.steps or round(budget), initial=step if options.steps else round(min(elapsed_before, budget)),
+               desc="finetune", unit="step" if options.steps else "s", disable=not progress, dynamic_ncols=True,
+               mininterval=5)
+    log = (run_dir / "log.jsonl").open("a")
+    running: dict[str, float] = {}
+    try:
+        while step < total_steps and (budget is None or elapsed() < budget) and not stop.is_set():
+            progress_share = elapsed() / budget if budget else None
+            factor = train.learning_rate_factor(step, total_steps, options.recipe.warmup, "cosine", progress_share)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            before = elapsed()
+            samples = [maker.sample(rng) for _ in range(options.recipe.batch)]
+            metrics = train.train_step(net, optimizer, samples, rng, options.train_args, "cpu")
+            step += 1
+            for k, v in metrics.items():
+                running[k] = 0.9 * running.get(k, v) + 0.1 * v
+            bar.update(1 if options.steps else round(elapsed()) - round(before))
+            bar.set_postfix(step=step, loss=f"{running['loss']:.3f}", refresh=False)
+            if step % 10 == 0:
+                log.write(json.dumps({"step": step, "elapsed": round(elapsed(), 1), "lr": options.recipe.lr * factor,
+                                      **{k: round(v, 4) for k, v in running.items()}}) + "\n")
+                log.flush()
+            if time.time() - last_save > options.ckpt_minutes * 60:
+                train.save_checkpoint(last, net, optimizer, step, rng, options.train_args, elapsed())
+                last_save = time.time()
+        train.save_checkpoint(last, net, optimizer, step, rng, options.train_args, elapsed())
+    finally:
+        bar.close()
+        log.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if stop.is_set():
+        raise Interrupted(f"interrupted at step {step}; rerun the same command to continue from {last}")
+    return {"steps": step, "seconds": round(elapsed(), 1)}
+
+
+def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
+    """The whole run (module docstring); returns the exit code. ``found``: annotations already read."""
+    started = time.time()
+    if args.nice > 0:
+        os.nice(args.nice)
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    args.recipe = Recipe(lr=args.lr, batch=args.batch, crop=args.crop, amp=args.amp)
+    if found is None:
+        found = datasets.read_annotations(args.source, images_dir=args.images)
+    for reason in found.skipped:
+        log(f"skipped: {reason}")
+    train_images, held_out = datasets.holdout_split(found.images, args.holdout)
+    if not held_out:
+        raise SqsamError(f"{args.source}: {len(found.images)} annotated image(s); at least 2 are needed "
+                         f"(one to train on, one to score on)")
+    shortid = run_id(found, args)
+    base_model = Path(args.base_model) if args.base_model else _bundled_model()
+    version = args.version or f"{base_version(base_model)}+ft.{shortid}"
+    run_dir = Path(args.run_dir) if args.run_dir else Path("sqsam-finetune") / shortid
+    out = Path(args.out) if args.out else Path(f"{version}.onnx")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"source": str(Path(args.source).resolve()), "id": shortid, "version": version}
+    config_path = run_dir / "finetune.json"
+    if config_path.exists() and (run_dir / "last.ckpt").exists():
+        previous = json.loads(config_path.read_text())
+        if previous.get("id") != shortid:
+            raise SqsamError(f"{run_dir} holds a run on other annotations or options (id {previous.get('id')}, "
+                             f"this one {shortid}); give another --run-dir")
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    log(f"{found.kind}: {found.num_objects} objects on {len(found.images)} images; training on "
+        f"{len(train_images)} images, scoring on {len(held_out)} held-out images "
+        f"({sum(len(i.objects) for i in held_out)} objects); run {run_dir}")
+
+    project = to_entries(train_images)
+    if not project:
+        raise SqsamError(f"{args.source}: no training object of at least {MIN_OBJECT_PIXELS} pixels")
+    general = load_training_data(Path(args.data), cache=run_dir / "general-cache.pkl") if args.data else None
+    maker = sample_maker(project, general, args.recipe, DEFAULT_INPUT_SIZE)
+
+    weights_path = Path(args.base_weights) if args.base_weights else BASE_WEIGHTS
+    if not weights_path.is_file():
+        raise SqsamError(f"the weights to start from are not at {weights_path}: give --base-weights or set "
+                         f"SQSAM_BASE_WEIGHTS (models/checkpoints/squeezesam-v22.pt in the source tree)")
+    weights = read_weights(weights_path)
+    net = build_network(pretrained=None, refine=has_refine_stage(weights))
+    net.load_weights(weights)
+    args.train_args = SimpleNamespace(crop=args.recipe.crop, click_radius=DEFAULT_CLICK_RADIUS, amp=args.recipe.amp,
+                                      corrupt_share=args.recipe.corrupt_share, spill_share=0.0, boundary_weight=0.0,
+                                      coarse_band=0, lr=args.recipe.lr, backbone_lr_scale=args.recipe.backbone_lr_scale,
+                                      seed=args.seed, source=str(args.source))
+    optimizer = train.make_optimizer(net, args.train_args)
+    rng = np.random.default_rng(args.seed)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    last = run_dir / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False) if last.exists() else None
+    if state:
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["numpy_rng"]
+        random.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        log(f"resumed from {last} at step {state['step']} ({state.get('elapsed', 0) / 60:.1f} min trained)")
+    try:
+        trained = train_for(net, optimizer, maker, rng, run_dir, args, state, not args.no_progress)
+    except Interrupted as exc:
+        log(str(exc))
+        return EXIT_INTERRUPTED
+    log(f"trained {trained['steps']} steps in {trained['seconds'] / 60:.1f} min")
+
+    candidate = run_dir / "candidate.onnx"
+    export(net.eval(), candidate, spec_for(net, version))
+    base_report = _cached_score(run_dir / "base-score.json", base_model, held_out, args)
+    cand_report = score(candidate, held_out, args.threads, args.max_clicks)
+    base, cand = summary(base_report), summary(cand_report)
+    worse = is_worse(cand, base)
+    written = not worse or args.force
+    if written:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.copyfile(candidate, tmp)
+        os.replace(tmp, out)
+    report = {"id": shortid, "source": config["source"], "kind": found.kind, "model_version": version,
+              "images": len(found.images), "objects": found.num_objects, "skipped": found.skipped,
+              "train_images": len(train_images), "held_out_images": [im.name for im in held_out],
+              "base": base, "candidate": cand, "worse_than_base": worse, "written": str(out) if written else None,
+              "steps": trained["steps"], "train_minutes": round(trained["seconds"] / 60, 2),
+              "total_minutes": round((time.time() - started) / 60, 2), "threads": args.threads,
+              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+              "mixed_general_data": bool(general)}
+    text = json.dumps(report, indent=2) + "\n"
+    (run_dir / "report.json").write_text(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    for name, s in (("base", base), ("candidate", cand)):
+        log(f"held-out {name:9s} {s['model_version']}: NoC@85 {s['NoC@85']:.2f}  NoC@90 {s['NoC@90']:.2f}  "
+            f"mIoU@1 {s['mIoU@1']:.3f}  ({s['objects']} objects)")
+    log(f"{report['total_minutes']:.1f} min in all, peak RSS {report['peak_rss_mb']:.0f} MB")
+    if worse and not args.force:
+        log(f"not written: the candidate is worse than the base on the held-out images (--force writes it anyway)")
+        return EXIT_WORSE
+    log(f"wrote {out} ({version})" + (" although it is worse than the base (--force)" if worse else ""))
+    return EXIT_WRITTEN
+
+
+def _cached_score(path: Path, model: Path, held_out, args) -> dict:
+    """The base's held-out report, kept in the run folder (a resumed run does not score it again)."""
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    key = [digest, [im.name for im in held_out], args.max_clicks]
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["report"]
+    report = score(model, held_out, args.threads, args.max_clicks)
+    path.write_text(json.dumps({"key": key, "report": report}))
+    return report
+
+
+def _bundled_model() -> Path:
+    from sqsam_core.predictor import default_model_path
+
+    return Path(default_model_path())
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return finetune(args)
+    except SqsamError as exc:
+        print(f"sqsam: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -51,7 +51,7 @@ from sqsam_core.errors import SqsamError
 from sqsam_train import train
 from sqsam_train.data import MAX_SIDE, MIN_OBJECT_PIXELS, SET_WEIGHTS, Entry, SampleMaker, load_training_data
 from sqsam_train.export import export, spec_for
-from sqsam_train.finetune_cli import Recipe, add_arguments
+from sqsam_train.finetune_options import Recipe, add_arguments
 from sqsam_train.network import build_network, has_refine_stage, read_weights
 
 #: The shipped model's float16 weights (``export --weights-out``): where every fine-tune starts.
@@ -189,7 +189,8 @@ def train_for(net, optimizer, maker: SampleMaker, rng: np.random.Generator, run_
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             handlers[sig] = signal.signal(sig, lambda *_: stop.set())
-    bar = tqdm(total=options.steps or round(budget), initial=step if options.steps else round(min(elapsed_before, budget)),
+    bar = tqdm(total=options.steps or round(budget),
+               initial=step if options.steps else round(min(elapsed_before, budget)),
                desc="finetune", unit="step" if options.steps else "s", disable=not progress, dynamic_ncols=True,
                mininterval=5)
     log = (run_dir / "log.jsonl").open("a")
@@ -233,7 +234,8 @@ def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
         os.nice(args.nice)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    args.recipe = Recipe(lr=args.lr, batch=args.batch, crop=args.crop, amp=args.amp)
+    args.recipe = Recipe(lr=args.lr, batch=args.batch, crop=args.crop, amp=args.amp,
+                         freeze_norm_stats=not args.update_norm_stats)
     if found is None:
         found = datasets.read_annotations(args.source, images_dir=args.images)
     for reason in found.skipped:
@@ -273,6 +275,10 @@ def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
     weights = read_weights(weights_path)
     net = build_network(pretrained=None, refine=has_refine_stage(weights))
     net.load_weights(weights)
+    if args.recipe.freeze_norm_stats:  # momentum 0: a training pass leaves the running statistics as they are
+        for module in net.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = 0.0
     args.train_args = SimpleNamespace(crop=args.recipe.crop, click_radius=DEFAULT_CLICK_RADIUS, amp=args.recipe.amp,
                                       corrupt_share=args.recipe.corrupt_share, spill_share=0.0, boundary_weight=0.0,
                                       coarse_band=0, lr=args.recipe.lr, backbone_lr_scale=args.recipe.backbone_lr_scale,
@@ -326,7 +332,7 @@ def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
             f"mIoU@1 {s['mIoU@1']:.3f}  ({s['objects']} objects)")
     log(f"{report['total_minutes']:.1f} min in all, peak RSS {report['peak_rss_mb']:.0f} MB")
     if worse and not args.force:
-        log(f"not written: the candidate is worse than the base on the held-out images (--force writes it anyway)")
+        log("not written: the candidate is worse than the base on the held-out images (--force writes it anyway)")
         return EXIT_WORSE
     log(f"wrote {out} ({version})" + (" although it is worse than the base (--force)" if worse else ""))
     return EXIT_WRITTEN

@@ -6,86 +6,9 @@ when the command runs; without it the command fails with one line naming the ext
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
+from sqsam_train.finetune_options import add_arguments
 
 TRAIN_EXTRA_HINT = 'fine-tuning needs the training extra: pip install "sqsam[train]"'
-
-
-@dataclass
-class Recipe:
-    """Fine-tuning hyper-parameters (chosen on CamVid-cars' held-out part of train/; docs/finetune.md)."""
-
-    lr: float = 1.5e-4
-    backbone_lr_scale: float = 0.3
-    warmup: int = 10
-    batch: int = 8
-    crop: int = 256  # training window side, model pixels
-    project_share: float = 0.75  # of samples drawn from the project when --data mixes general sets in
-    salient_share: float = 0.05  # zero-prompt samples (only with --data: they need ECSSD / Human)
-    corrupt_share: float = 0.4  # damaged previous masks, as v22 was trained
-    amp: bool = False
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _share(text: str) -> float:
-    value = _positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
-    return value
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", metavar="SOURCE",
-                   help="COCO instances JSON, Label Studio JSON export, or a folder with images/ + masks/")
-    p.add_argument("--images", default=None, metavar="DIR",
-                   help="where a JSON's image files are (default: beside it, or in images/ beside it)")
-    p.add_argument("--out", default=None, metavar="OUT.onnx", help="the model to write (default ./<model_version>.onnx)")
-    p.add_argument("--run-dir", default=None, metavar="DIR",
-                   help="checkpoints, log and report; the same command with the same folder resumes "
-                        "(default ./sqsam-finetune/<id>)")
-    p.add_argument("--minutes", type=_positive_float, default=10.0,
-                   help="training wall clock, minutes (default 10; scoring and export add 1-3)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="train this many steps instead of --minutes")
-    p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for training and scoring (default 2)")
-    p.add_argument("--data", default=None, metavar="ROOT",
-                   help="mix in the general training sets of ROOT/train (e.g. ../shared/data) to limit forgetting")
-    p.add_argument("--holdout", type=_share, default=0.2, help="share of the images held out for scoring (default 0.2)")
-    p.add_argument("--force", action="store_true", help="write the model even when it scores worse than the base")
-    p.add_argument("--version", default=None, help="model_version to write (default <base version>+ft.<id>)")
-    p.add_argument("--base-model", default=None, metavar="ONNX",
-                   help="the model to beat on the held-out images (default: the bundled model)")
-    p.add_argument("--base-weights", default=None, metavar="PT",
-                   help="PyTorch weights to start from (default: the shipped model's, $SQSAM_BASE_WEIGHTS)")
-    p.add_argument("--max-clicks", type=_positive_int, default=20, help="clicks per held-out object (default 20)")
-    p.add_argument("--lr", type=_positive_float, default=Recipe.lr, help=f"peak learning rate (default {Recipe.lr})")
-    p.add_argument("--batch", type=_positive_int, default=Recipe.batch)
-    p.add_argument("--crop", type=_positive_int, default=Recipe.crop, help="training window side, model pixels")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPUs with AVX512-BF16 or AMX)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ckpt-minutes", type=_positive_float, default=2.0, help="checkpoint every this many minutes")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by N (training beside serving)")
-    p.add_argument("--json", default=None, metavar="OUT.json", help="also write the report here")
 
 
 def cmd_finetune(args) -> int:
@@ -93,6 +16,7 @@ def cmd_finetune(args) -> int:
 
     try:
         import torch  # noqa: F401
+
         from sqsam_train import finetune
     except ImportError as exc:
         raise SqsamError(f"{TRAIN_EXTRA_HINT} ({exc})") from None

@@ -1,0 +1,277 @@
+"""``sqsam finetune`` and the shared annotation readers (``sqsam_core.datasets``).
+
+Readers: a folder, a COCO JSON (RLE written by pycocotools, polygons) and a Label Studio export
+(brush RLE written by label-studio-sdk's own ``mask2rle``, polygons in percent) must give back
+the masks they were made from; bad annotations are skipped with a reason. The hold-out split is
+deterministic by image name. The fine-tune itself (PyTorch): a resumed run ends with exactly the
+weights of an uninterrupted one (on a COCO export laid out as CVAT writes it), and a candidate made
+worse than the base is refused (exit 3, nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from sqsam_core import datasets, formats
+from sqsam_core.cli import main as sqsam_main
+from tests.conftest import DATA
+
+CAMVID = DATA / "project" / "CamVid-cars" / "train"
+
+
+def camvid_subset(root: Path, count: int) -> Path:
+    """The first ``count`` annotated CamVid-cars train images, copied as a folder project."""
+    if not (CAMVID / "images").is_dir():
+        pytest.skip(f"CamVid-cars not found at {CAMVID}")
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for image in sorted((CAMVID / "images").glob("*.jpg"))[:count]:
+        shutil.copy(image, root / "images" / image.name)
+        for mask in (CAMVID / "masks").glob(f"{image.stem}_*.png"):
+            shutil.copy(mask, root / "masks" / mask.name)
+    return root
+
+
+def camvid_coco_export(root: Path, count: int) -> Path:
+    """The first ``count`` CamVid-cars train images as CVAT's "COCO 1.0" export lays them out:
+    ``annotations/instances_default.json`` (masks as RLE, ``iscrowd: 1``) and ``images/``."""
+    found = datasets.read_annotations(camvid_subset(root / "folder", count))
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "car"}]}
+    (root / "images").mkdir()
+    for i, image in enumerate(found.images, start=1):
+        shutil.copy(image.source, root / "images" / Path(image.source).name)
+        coco["images"].append({"id": i, "file_name": Path(image.source).name, "width": 480, "height": 360})
+        for obj in image.objects:
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i, "category_id": 1,
+                                        "segmentation": formats.mask_to_coco_rle(obj.mask), "iscrowd": 1,
+                                        "area": int(obj.mask.sum())})
+    (root / "annotations").mkdir()
+    path = root / "annotations" / "instances_default.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def synthetic_folder(root: Path) -> dict[str, np.ndarray]:
+    """Two images with masks, plus an empty mask and a mask without an image; returns the masks."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    masks = {}
+    for stem in ("a", "b"):
+        cv2.imwrite(str(root / "images" / f"{stem}.png"), rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+        for k in range(2):
+            mask = np.zeros((40, 60), np.uint8)
+            cv2.circle(mask, (15 + 25 * k, 20), 8 + k, 255, -1)
+            cv2.imwrite(str(root / "masks" / f"{stem}_{k}.png"), mask)
+            masks[f"{stem}_{k}"] = mask > 0
+    cv2.imwrite(str(root / "masks" / "a_9.png"), np.zeros((40, 60), np.uint8))  # empty
+    cv2.imwrite(str(root / "masks" / "zzz.png"), np.full((40, 60), 255, np.uint8))  # no image
+    return masks
+
+
+def test_folder_reader_groups_masks_by_image_and_reports_what_it_skips(tmp_path):
+    masks = synthetic_folder(tmp_path)
+    found = datasets.read_annotations(tmp_path)
+    assert found.kind == "folder" and [im.name for im in found.images] == ["a", "b"]
+    assert found.num_objects == 4
+    for image in found.images:
+        assert image.load().shape == (40, 60, 3)
+        for obj in image.objects:
+            assert np.array_equal(obj.mask, masks[obj.name])
+    assert any("a_9.png: empty mask" in s for s in found.skipped)
+    assert any("zzz.png" in s for s in found.skipped)
+
+
+def test_coco_reader_decodes_rle_and_polygons_and_skips_bad_annotations(tmp_path):
+    masks = synthetic_folder(tmp_path / "folder")
+    (tmp_path / "images").mkdir()
+    shutil.copy(tmp_path / "folder" / "images" / "a.png", tmp_path / "images" / "a.png")
+    polygon = [10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]  # pixel-edge square: pixels 10..29
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 60, "height": 40},
+                   {"id": 2, "file_name": "missing.png", "width": 60, "height": 40}],
+        "annotations": [
+            {"id": 10, "image_id": 1, "segmentation": formats.mask_to_coco_rle(masks["a_0"]), "iscrowd": 1},
+            {"id": 11, "image_id": 1, "segmentation": [polygon], "iscrowd": 0},
+            {"id": 12, "image_id": 1, "segmentation": formats.mask_to_coco_rle(np.zeros((40, 60), bool))},
+            {"id": 13, "image_id": 2, "segmentation": [polygon]},
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    (tmp_path / "annotations").mkdir()
+    path = tmp_path / "annotations" / "instances_default.json"  # CVAT's COCO 1.0 layout
+    path.write_text(json.dumps(coco))
+    found = datasets.read_annotations(path)
+    assert found.kind == "coco" and len(found.images) == 1
+    rle_obj, poly_obj = found.images[0].objects
+    assert np.array_equal(rle_obj.mask, masks["a_0"])
+    square = np.zeros((40, 60), bool)
+    square[10:30, 10:30] = True
+    assert (poly_obj.mask ^ square).sum() <= 2 * 20 + 1  # pycocotools rasterises the edge pixels its way
+    assert found.images[0].load().shape == (40, 60, 3)
+    assert any("annotation 12" in s and "empty" in s for s in found.skipped)
+    assert any("missing.png not found" in s for s in found.skipped)
+
+
+def test_label_studio_export_reader_decodes_the_sdk_brush_rle_and_percent_polygons(tmp_path):
+    brush = pytest.importorskip("label_studio_sdk.converter.brush")
+    masks = synthetic_folder(tmp_path / "folder")
+    image = cv2.cvtColor(cv2.imread(str(tmp_path / "folder" / "images" / "a.png")), cv2.COLOR_BGR2RGB)
+
+    def region(kind, value):
+        return {"id": kind[:3], "type": kind, "from_name": "tag", "to_name": "image", "original_width": 60,
+                "original_height": 40, "value": value}
+
+    sdk_rle = brush.mask2rle(masks["a_1"].astype(np.uint8) * 255)
+    square = [[100 * 10 / 60, 100 * 10 / 40], [100 * 30 / 60, 100 * 10 / 40], [100 * 30 / 60, 100 * 30 / 40],
+              [100 * 10 / 60, 100 * 30 / 40]]
+    tasks = [
+        {"id": 1, "data": {"image": "/data/upload/1/0a1b2c3d-a.png"},
+         "annotations": [
+             {"id": 1, "was_cancelled": True, "result": [], "updated_at": "2026-01-02"},
+             {"id": 2, "result": [region("brushlabels", {"format": "rle", "rle": sdk_rle, "brushlabels": ["Car"]}),
+                                  region("polygonlabels", {"points": square, "polygonlabels": ["Car"]}),
+                                  region("brushlabels", {"format": "rle", "rle": formats.mask_to_ls_rle(
+                                      np.zeros((40, 60), bool)), "brushlabels": ["Car"]})],
+              "updated_at": "2026-01-01"}]},
+        {"id": 2, "data": {"image": "http://example.invalid/b.png"},
+         "annotations": [{"id": 3, "result": [region("brushlabels", {"format": "rle", "rle": sdk_rle})]}]},
+        {"id": 3, "data": {"image": "/data/upload/1/c.png"}, "annotations": []},
+    ]
+
+    def fetch(url):
+        if "example.invalid" in url:
+            raise OSError("connection refused")
+        return image
+
+    found = datasets.read_label_studio(tasks, fetch=fetch)
+    assert [im.name for im in found.images] == ["task1"]
+    brush_obj, poly_obj = found.images[0].objects
+    assert np.array_equal(brush_obj.mask, masks["a_1"])
+    inside, outline = np.zeros((40, 60), bool), np.zeros((40, 60), bool)
+    inside[10:30, 10:30] = True  # pixels 10..29: their centres lie inside the outline
+    outline[9:31, 9:31] = True
+    assert (poly_obj.mask >= inside).all() and (poly_obj.mask <= outline).all()  # pixels on the outline may count
+    assert any("task 1" in s and "empty mask" in s for s in found.skipped)
+    assert any("task 2: image not fetched: connection refused" in s for s in found.skipped)
+
+    # From a file, images by the URL's name (Label Studio's upload prefix dropped).
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks[:1]))
+    from_file = datasets.read_annotations(export, images_dir=tmp_path / "folder" / "images")
+    assert from_file.kind == "label-studio" and np.array_equal(from_file.images[0].load(), image)
+
+
+def test_unreadable_sources_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "x.json").write_text("{not json")
+    (tmp_path / "list.json").write_text(json.dumps([{"data": {"image": "a.png"}, "annotations": []}]))
+    for source in (tmp_path / "x.json", tmp_path / "list.json", tmp_path / "nothing"):
+        with pytest.raises(datasets.DatasetError):
+            datasets.read_annotations(source)
+    assert sqsam_main(["eval", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sqsam: error:") and "\n" not in err
+
+
+def test_holdout_split_is_by_image_deterministic_and_order_free():
+    images = [datasets.AnnotatedImage(f"img{i:03d}", None) for i in range(50)]
+    train, held = datasets.holdout_split(images, 0.2)
+    assert len(held) == 10 and len(train) == 40
+    assert not {id(i) for i in train} & {id(i) for i in held}
+    again_train, again_held = datasets.holdout_split(list(reversed(images)), 0.2)
+    assert sorted(i.name for i in again_held) == sorted(i.name for i in held)
+    assert [i.name for i in datasets.holdout_split(images[:2], 0.2)[1]] != []  # two images: one held out
+    assert datasets.holdout_split(images[:1], 0.2) == (images[:1], [])
+
+
+def test_eval_reads_a_coco_export(tmp_path, bundled_model):
+    coco = camvid_coco_export(tmp_path / "export", 2)
+    out = tmp_path / "report.json"
+    assert sqsam_main(["eval", str(coco), "--max-clicks", "2", "--no-zero-click", "--no-progress",
+                       "--json", str(out)]) == 0
+    from_coco = json.loads(out.read_text())
+    assert sqsam_main(["eval", str(tmp_path / "export" / "folder"), "--max-clicks", "2", "--no-zero-click",
+                       "--no-progress", "--json", str(out)]) == 0
+    from_folder = json.loads(out.read_text())
+    assert from_coco["objects"] == from_folder["objects"] > 0
+    assert from_coco["mIoU@k"] == pytest.approx(from_folder["mIoU@k"], abs=1e-9)  # the same masks, the same clicks
+
+
+# --------------------------------------------------------------------------------------------
+# The fine-tune (PyTorch)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def finetune():
+    pytest.importorskip("torch", reason="the train extra (torch) is not installed")
+    from sqsam_train import finetune as module
+
+    if not module.BASE_WEIGHTS.is_file():
+        pytest.skip(f"base weights not found at {module.BASE_WEIGHTS}")
+    return module
+
+
+FAST = ["--batch", "2", "--crop", "128", "--max-clicks", "1", "--threads", "2", "--no-progress"]
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(finetune, tmp_path):
+    import torch
+
+    project = camvid_coco_export(tmp_path / "export", 5)  # a CVAT task exported as COCO 1.0
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    # Within warm-up the rate does not depend on the run's length, so 2 + 2 steps must equal 4.
+    assert sqsam_main(["finetune", str(project), "--steps", "4", "--run-dir", str(straight), "--force",
+                       "--out", str(tmp_path / "a.onnx"), *FAST]) == 0
+    assert sqsam_main(["finetune", str(project), "--steps", "2", "--run-dir", str(resumed), "--force",
+                       "--out", str(tmp_path / "b.onnx"), *FAST]) == 0
+    assert torch.load(resumed / "last.ckpt", weights_only=False)["step"] == 2
+    assert sqsam_main(["finetune", str(project), "--steps", "4", "--run-dir", str(resumed), "--force",
+                       "--out", str(tmp_path / "b.onnx"), *FAST]) == 0
+    a = torch.load(straight / "last.ckpt", weights_only=False)
+    b = torch.load(resumed / "last.ckpt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for key, value in a["net"].items():
+        assert torch.equal(value, b["net"][key]), key
+    report = json.loads((resumed / "report.json").read_text())
+    assert report["steps"] == 4 and report["written"] == str(tmp_path / "b.onnx")
+    from sqsam_core import SqueezeSAM
+
+    assert SqueezeSAM(tmp_path / "b.onnx").spec.model_version == report["model_version"]
+    assert report["model_version"].startswith("squeezesam-") and "+ft." in report["model_version"]
+
+
+def test_a_worse_candidate_is_refused(finetune, tmp_path, capsys):
+    project = camvid_subset(tmp_path / "project", 5)
+    out = tmp_path / "project.onnx"
+    # A learning rate of 5 wrecks the weights in two steps: the candidate must score worse.
+    args = ["finetune", str(project), "--steps", "2", "--lr", "5", "--run-dir", str(tmp_path / "run"),
+            "--out", str(out), *FAST, "--max-clicks", "3"]
+    assert sqsam_main(args) == 3
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["worse_than_base"] and report["written"] is None and not out.exists()
+    assert report["candidate"]["NoC@90"] >= report["base"]["NoC@90"]
+    assert report["candidate"]["mIoU@1"] < report["base"]["mIoU@1"]
+    assert "not written" in capsys.readouterr().out
+
+
+def test_finetune_without_torch_names_the_extra(monkeypatch, capsys, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    assert sqsam_main(["finetune", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sqsam: error:") and 'pip install "sqsam[train]"' in err and err.count("\n") == 1

@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 LS_VENV ?= .venv-label-studio
+FAST_VENV ?= .venv-fast
 TOOLS_VENV ?= .venv-tools
 PY := $(VENV)/bin/python
 # The data root (train/, eval/<NAME>/); the same default as sqsam_core.config.data_root().
@@ -12,7 +13,7 @@ REQ := requirements
 # pip-compile's options for every constraints file: no index URLs or local paths in the output.
 COMPILE = $(TOOLS_VENV)/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
 
-.PHONY: install install-label-studio test test-fast demo eval bench clean constraints test-latest check-pins
+.PHONY: install install-label-studio test test-fast lint demo eval bench clean constraints test-latest check-pins
 
 # The dev/test venv: the project (editable) with every extra; torch is the CPU build (dev.txt pins it).
 $(VENV)/.installed: pyproject.toml $(REQ)/dev.txt
@@ -39,6 +40,21 @@ check-pins: install install-label-studio
 
 test: install install-label-studio
 	SQSAM_LABEL_STUDIO_BIN=$(abspath $(LS_VENV))/bin/label-studio $(PY) -m pytest -q
+
+# The inner loop: a venv without torch or Label Studio (the core, both adapters, onnx for the fixture
+# model, the Label Studio SDK as a decoder), every test but the e2e and train tiers. `make test` runs all.
+$(FAST_VENV)/.installed: pyproject.toml $(REQ)/dev.txt
+	$(PYTHON) -m venv $(FAST_VENV)
+	$(FAST_VENV)/bin/python -m pip install -q --upgrade pip -c $(REQ)/dev.txt
+	$(FAST_VENV)/bin/python -m pip install -q -c $(REQ)/dev.txt -e ".[label-studio,cvat]" pytest pyyaml onnx label-studio-sdk matplotlib
+	touch $@
+
+test-fast: $(FAST_VENV)/.installed
+	$(FAST_VENV)/bin/python -m pytest -q -m "not e2e and not train"
+
+# Lint (settings in pyproject.toml's [tool.ruff]); .ci/run runs it before the tests.
+lint: install
+	$(VENV)/bin/ruff check .
 
 demo: install install-label-studio
 	SQSAM_LABEL_STUDIO_BIN=$(abspath $(LS_VENV))/bin/label-studio $(VENV)/bin/sqsam demo
@@ -73,4 +89,4 @@ test-latest: $(TOOLS_VENV)/.installed
 	$(MAKE) test REQ=$(LATEST)/requirements VENV=$(LATEST)/venv LS_VENV=$(LATEST)/venv-label-studio
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) $(TOOLS_VENV) $(LATEST)
+	rm -rf $(VENV) $(LS_VENV) $(FAST_VENV) $(TOOLS_VENV) $(LATEST)

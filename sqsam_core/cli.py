@@ -27,8 +27,8 @@ from typing import Sequence
 from sqsam_core import __version__
 from sqsam_core.argtypes import positive_int
 from sqsam_core.argtypes import probability as _probability
-from sqsam_core.contract import GRANULARITIES
 from sqsam_core.commands import CommandLoadError, missing_extra_hint, missing_package, register_commands
+from sqsam_core.contract import GRANULARITIES
 from sqsam_core.errors import CliError, InvalidPromptError, SqsamError
 
 EXIT_OK = 0
@@ -255,7 +255,7 @@ def cmd_eval(args) -> int:
     root = Path(args.dataset_dir)
     annotations = None
     if root.is_file():  # a COCO instances JSON or a Label Studio JSON export
-        from sqsam_core.datasets import read_annotations
+        from sqsam_core.datasets import evaluate_annotations, read_annotations
 
         annotations = read_annotations(root, images_dir=args.images)
     elif not root.is_dir():
@@ -270,7 +270,7 @@ def cmd_eval(args) -> int:
         _require_matplotlib()
 
     model = _load_model(args)
-    evaluate = evaluation.evaluate_dataset if annotations is None else evaluation.evaluate_annotations
+    evaluate = evaluation.evaluate_dataset if annotations is None else evaluate_annotations
     report = evaluate(
         model, root if annotations is None else annotations, max_clicks=args.max_clicks, limit=args.limit,
         zero_click=not args.no_zero_click, progress=not args.no_progress,
@@ -306,7 +306,8 @@ def plot_miou_curve(report: dict, path: str | os.PathLike) -> None:
     clicks = list(range(1, len(miou) + 1))
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
     try:
-        label = f"{report.get('model_version', 'model')}  (NoC@85 {report['NoC@85']:.2f}, NoC@90 {report['NoC@90']:.2f})"
+        label = (f"{report.get('model_version', 'model')}  "
+                 f"(NoC@85 {report['NoC@85']:.2f}, NoC@90 {report['NoC@90']:.2f})")
         ax.plot(clicks, miou, marker="o", markersize=3.5, linewidth=1.8, color="#1e90ff", label=label)
         for t, style in ((0.85, ":"), (0.90, "--")):
             ax.axhline(t, color="0.45", linestyle=style, linewidth=0.9)

@@ -31,6 +31,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -38,7 +39,8 @@ import cv2
 import numpy as np
 
 from sqsam_core.errors import SqsamError
-from sqsam_core.evaluation import IGNORE_VALUE, IMAGE_SUFFIXES, image_stem_for_mask
+from sqsam_core.evaluation import IGNORE_VALUE, IMAGE_SUFFIXES, EvalObject, evaluate, image_stem_for_mask
+
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 
 #: what ``fetch`` returns for a Label Studio image URL: an ``(H, W, 3)`` uint8 RGB array.
@@ -387,11 +389,22 @@ def holdout_split(images: list[AnnotatedImage], fraction: float = 0.2,
 
 def iter_eval_objects(images: list[AnnotatedImage]) -> Iterator:
     """:class:`sqsam_core.evaluation.EvalObject` per object, each image loaded once."""
-    from sqsam_core.evaluation import EvalObject
-
     for entry in images:
         rgb = entry.load()
         for obj in entry.objects:
             if obj.mask.shape != rgb.shape[:2]:
                 continue
             yield EvalObject(obj.name, rgb, obj.mask, obj.ignore)
+
+
+def evaluate_annotations(model, annotations, max_clicks: int = 20, limit: int | None = None,
+                         zero_click: bool = True, progress: bool = True) -> dict:
+    """:func:`sqsam_core.evaluation.evaluate` on :class:`Annotations` (a COCO JSON, a Label Studio export,
+    a folder read by :func:`read_annotations`), objects in reading order."""
+    total = annotations.num_objects if limit is None else min(limit, annotations.num_objects)
+    report = evaluate(model, islice(iter_eval_objects(annotations.images), total), max_clicks, zero_click,
+                      progress, total)
+    report["dataset"] = annotations.kind
+    report["skipped"] = annotations.skipped
+    report["model_version"] = model.spec.model_version
+    return report

@@ -143,7 +143,8 @@ def summarize(results: list[ObjectResult], max_clicks: int) -> dict:
     report["mIoU@k"] = [float(v) for v in ious.mean(axis=0)]
     zero = [r.zero_click_iou for r in results if r.zero_click_iou is not None]
     report["zero_click_iou"] = float(np.mean(zero)) if zero else None
-    times = np.concatenate([r.click_ms for r in results if r.click_ms]) if any(r.click_ms for r in results) else np.zeros(1)
+    click_ms = [r.click_ms for r in results if r.click_ms]
+    times = np.concatenate(click_ms) if click_ms else np.zeros(1)
     report["click_ms_p50"] = float(np.percentile(times, 50))
     report["click_ms_p95"] = float(np.percentile(times, 95))
     report["per_object"] = [{"name": r.name, "ious": [round(i, 4) for i in r.ious], "zero_click_iou": r.zero_click_iou}
@@ -178,23 +179,6 @@ def evaluate_dataset(model, dataset_dir: str | Path, max_clicks: int = 20, limit
     return report
 
 
-def evaluate_annotations(model, annotations, max_clicks: int = 20, limit: int | None = None,
-                         zero_click: bool = True, progress: bool = True) -> dict:
-    """Evaluate on :class:`sqsam_core.datasets.Annotations` (a COCO JSON, a Label Studio export, a
-    folder read by :func:`sqsam_core.datasets.read_annotations`), objects in reading order."""
-    from itertools import islice
-
-    from sqsam_core.datasets import iter_eval_objects
-
-    total = annotations.num_objects if limit is None else min(limit, annotations.num_objects)
-    report = evaluate(model, islice(iter_eval_objects(annotations.images), total), max_clicks, zero_click,
-                      progress, total)
-    report["dataset"] = annotations.kind
-    report["skipped"] = annotations.skipped
-    report["model_version"] = model.spec.model_version
-    return report
-
-
 def format_report(report: dict) -> str:
     """A short human-readable table of a report."""
     miou = report["mIoU@k"]
@@ -202,9 +186,11 @@ def format_report(report: dict) -> str:
     lines = [
         f"dataset {report.get('dataset', '?')}  model {report.get('model_version', '?')}  objects {report['objects']}"
         f"  zoom-in {'on' if report.get('zoom_in', True) else 'off'}",
-        f"NoC@85 {report['NoC@85']:.2f}   NoC@90 {report['NoC@90']:.2f}   NoF@85 {report['NoF@85']}   NoF@90 {report['NoF@90']}",
+        f"NoC@85 {report['NoC@85']:.2f}   NoC@90 {report['NoC@90']:.2f}   "
+        f"NoF@85 {report['NoF@85']}   NoF@90 {report['NoF@90']}",
         "   ".join(f"mIoU@{k} {miou[k - 1]:.3f}" for k in ks),
-        f"zero-click IoU {report['zero_click_iou']:.3f}" if report.get("zero_click_iou") is not None else "zero-click IoU n/a",
+        (f"zero-click IoU {report['zero_click_iou']:.3f}" if report.get("zero_click_iou") is not None
+         else "zero-click IoU n/a"),
         f"per-click latency p50 {report['click_ms_p50']:.1f} ms   p95 {report['click_ms_p95']:.1f} ms",
     ]
     return "\n".join(lines)

@@ -100,7 +100,8 @@ def resize_top_left(patch: np.ndarray, box: Letterbox) -> np.ndarray:
     resized = cv2.resize(patch, (box.resized_width, box.resized_height),
                          interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     canvas = np.zeros((box.size, box.size, *patch.shape[2:]), dtype=patch.dtype)
-    canvas[: box.resized_height, : box.resized_width] = resized.reshape(box.resized_height, box.resized_width, *patch.shape[2:])
+    canvas[: box.resized_height, : box.resized_width] = resized.reshape(box.resized_height, box.resized_width,
+                                                                        *patch.shape[2:])
     return canvas
 
 
@@ -174,7 +175,8 @@ class View:
 
     def box_to_model(self, box: Box) -> Box:
         """An image-space box ``(x0, y0, x1, y1)`` in this view's model pixels."""
-        return self.letterbox.box_to_model((box[0] - self.left, box[1] - self.top, box[2] - self.left, box[3] - self.top))
+        return self.letterbox.box_to_model((box[0] - self.left, box[1] - self.top,
+                                            box[2] - self.left, box[3] - self.top))
 
     def crop(self, array: np.ndarray) -> np.ndarray:
         """The window of an image-space ``(H, W, ...)`` array."""
@@ -405,7 +407,8 @@ def next_click(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = Non
     count as neither error. False negatives (object missed) and false positives (background
     taken) are the two error regions; the click goes to the interior point (farthest from the
     region's boundary) of the one whose interior is deeper. A false-negative click is positive,
-    a false-positive click negative (a tie in depth goes negative). Returns ``(x, y, positive)`` or None when there is no error.
+    a false-positive click negative (a tie in depth goes negative). Returns ``(x, y, positive)`` or None when
+    there is no error.
     """
     fn = gt & ~pred
     fp = pred & ~gt

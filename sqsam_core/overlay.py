@@ -157,15 +157,18 @@ def _draw_click(canvas: np.ndarray, click: Sequence, size: int) -> None:
     center = (_fixed(x), _fixed(y))
     fill = POSITIVE_COLOR if positive else NEGATIVE_COLOR
     # halo, white ring, coloured disc
-    cv2.circle(canvas, center, _fixed(radius + ring + max(1.0, ring * 0.5)), (20, 20, 20), -1, cv2.LINE_AA, _SUBPIXEL_SHIFT)
+    cv2.circle(canvas, center, _fixed(radius + ring + max(1.0, ring * 0.5)), (20, 20, 20), -1, cv2.LINE_AA,
+               _SUBPIXEL_SHIFT)
     cv2.circle(canvas, center, _fixed(radius + ring), (255, 255, 255), -1, cv2.LINE_AA, _SUBPIXEL_SHIFT)
     cv2.circle(canvas, center, _fixed(radius), fill, -1, cv2.LINE_AA, _SUBPIXEL_SHIFT)
     # a + or - glyph so the sign survives colour blindness and greyscale printing
     arm = radius * 0.55
     glyph = max(1, int(round(radius * 0.25)))
-    cv2.line(canvas, (_fixed(x - arm), center[1]), (_fixed(x + arm), center[1]), (255, 255, 255), glyph, cv2.LINE_AA, _SUBPIXEL_SHIFT)
+    cv2.line(canvas, (_fixed(x - arm), center[1]), (_fixed(x + arm), center[1]), (255, 255, 255), glyph, cv2.LINE_AA,
+             _SUBPIXEL_SHIFT)
     if positive:
-        cv2.line(canvas, (center[0], _fixed(y - arm)), (center[0], _fixed(y + arm)), (255, 255, 255), glyph, cv2.LINE_AA, _SUBPIXEL_SHIFT)
+        cv2.line(canvas, (center[0], _fixed(y - arm)), (center[0], _fixed(y + arm)), (255, 255, 255), glyph,
+                 cv2.LINE_AA, _SUBPIXEL_SHIFT)
 
 
 def _draw_box(canvas: np.ndarray, box: Sequence[float], size: int) -> None:

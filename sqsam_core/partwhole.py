@@ -95,7 +95,8 @@ def evaluate_parts(model, dataset_dir: str | Path, limit: int | None = None, pro
                 "best_of_k_part_iou": max(geometry.mask_iou(m, part) for m in as_part.masks),
             })
     if not rows:
-        raise SqsamError(f"{dataset_dir}: no part clicks (labels/ with parts over {MIN_PART_SHARE:.0%} of their object)")
+        raise SqsamError(f"{dataset_dir}: no part clicks "
+                         f"(labels/ with parts over {MIN_PART_SHARE:.0%} of their object)")
     column = {key: np.array([r[key] for r in rows]) for key in ("whole_iou", "part_iou", "best_of_k_part_iou")}
     return {
         "dataset": Path(dataset_dir).name,

@@ -392,7 +392,8 @@ class SqueezeSAM:
             image = prepared.tensor
         else:
             canvas = geometry.letterbox_window(prepared.source, prepared.source_scale, view)
-            image = geometry.zero_padding(geometry.normalize_image(canvas, self.spec.mean, self.spec.std), view.letterbox)[None]
+            normalized = geometry.normalize_image(canvas, self.spec.mean, self.spec.std)
+            image = geometry.zero_padding(normalized, view.letterbox)[None]
         seen = [c for c in clicks if view.contains(c[0], c[1])]
         model_clicks = []
         if seen:
@@ -428,7 +429,8 @@ class SqueezeSAM:
         candidates = [salient] + sorted(clicked, key=lambda p: -p.score)
         return select_objects(candidates, max_objects, min_score, dedup_iou, min_area_fraction)
 
-    def _region_clicks(self, salient: Prediction, min_area_fraction: float, max_regions: int = 8) -> list[geometry.Click]:
+    def _region_clicks(self, salient: Prediction, min_area_fraction: float,
+                       max_regions: int = 8) -> list[geometry.Click]:
         """Image-space positive clicks at the interior points of the salient pass's regions."""
         h = math.ceil(salient.letterbox.resized_height / salient.stride)
         w = math.ceil(salient.letterbox.resized_width / salient.stride)

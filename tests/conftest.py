@@ -26,6 +26,19 @@ def dataset(name: str) -> Path:
     return path
 
 
+#: Fixtures that read the data sets: a test that uses one (directly or through another fixture) is
+#: marked ``data``; a module adds its own in ``DATA_FIXTURES``. Tests that read the data through a
+#: helper carry ``@pytest.mark.data`` themselves.
+DATA_FIXTURES = ("grabcut_dir", "berkeley_dir")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        wanted = set(DATA_FIXTURES) | set(getattr(item.module, "DATA_FIXTURES", ()))
+        if wanted & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.data)
+
+
 @pytest.fixture
 def grabcut_dir() -> Path:
     return dataset("GrabCut")

@@ -36,6 +36,10 @@ BOX_MIN_MEAN_IOU = 0.85
 # --------------------------------------------------------------------------------------------
 
 
+#: the ground-truth pairs come from the data sets: tests using them are marked `data` (conftest)
+DATA_FIXTURES = ("pairs",)
+
+
 @pytest.fixture(scope="module")
 def pairs():
     from tests.conftest import BUNDLED_MODEL, dataset

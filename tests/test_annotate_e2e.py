@@ -49,7 +49,8 @@ def _label_studio_bin() -> str | None:
 
 
 LS_BIN = _label_studio_bin()
-pytestmark = pytest.mark.skipif(LS_BIN is None, reason="label-studio is not installed (set SQSAM_LABEL_STUDIO_BIN)")
+pytestmark = [pytest.mark.e2e, pytest.mark.data,
+              pytest.mark.skipif(LS_BIN is None, reason="label-studio is not installed (set SQSAM_LABEL_STUDIO_BIN)")]
 
 
 def decode(region: dict) -> np.ndarray:

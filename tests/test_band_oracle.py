@@ -5,6 +5,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+pytestmark = pytest.mark.train
+
 from sqsam_core import SqueezeSAM, geometry  # noqa: E402
 from sqsam_core.evaluation import EvalObject, evaluate_object  # noqa: E402
 from sqsam_train.band_oracle import band_oracle_mask, evaluate_with_band_oracle  # noqa: E402

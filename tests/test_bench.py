@@ -140,7 +140,7 @@ def test_synthetic_image_is_a_jpeg_with_a_target():
 
 
 def test_count_macs_exact():
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w")  # Conv 3->8, 3x3, pad 1
@@ -194,6 +194,7 @@ def test_sam_baseline_skips_with_a_reason(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("segment_anything") is None or importlib.util.find_spec("torch") is None,
                     reason="segment-anything (the [bench] extra) is not installed")
+@pytest.mark.train
 def test_sam_baseline_pipeline_on_a_tiny_sam(tmp_path):
     """Export a tiny SAM-shaped model (same code path as ViT-B) and time it through the bench."""
     model = build_fixture_model(tmp_path / "fixture.onnx")
@@ -220,7 +221,6 @@ def test_sam_baseline_pipeline_on_a_tiny_sam(tmp_path):
 
 def test_cli_registers_bench():
     import argparse
-
     from importlib.metadata import EntryPoint
 
     from sqsam_core import commands

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import BUNDLED_MODEL, REPO, dataset
 from sqsam_core import cli, commands
 from sqsam_core.errors import InvalidPromptError
 from sqsam_core.geometry import interior_point, mask_iou
 from sqsam_core.overlay import NEGATIVE_COLOR, POSITIVE_COLOR, mask_color, render_overlay
+from tests.conftest import BUNDLED_MODEL, REPO, dataset
 
 #: IoU (ignore band left out) that one click at an object's interior point must reach with the
 #: bundled model on the GrabCut images below: a product bar, not a fit to the model (squeezesam-v1
@@ -81,6 +81,7 @@ def bundled_model_or_skip() -> Path:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.data
 def test_predict_one_click_covers_the_object(tmp_path, capsys):
     model = bundled_model_or_skip()
     image, gt, ignore, (x, y) = grabcut_case(GRABCUT_IMAGES[0])
@@ -98,6 +99,7 @@ def test_predict_one_click_covers_the_object(tmp_path, capsys):
     assert Image.open(overlay).size == (gt.shape[1], gt.shape[0])
 
 
+@pytest.mark.data
 def test_predict_subprocess_python_m(tmp_path):
     model = bundled_model_or_skip()
     image, gt, ignore, (x, y) = grabcut_case(GRABCUT_IMAGES[1])

@@ -312,6 +312,7 @@ def test_function_yaml_metadata_is_what_cvat_expects():
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.data
 def test_interactor_masks_match_the_object(real_fn):
     from sqsam_core.geometry import next_click
 
@@ -334,6 +335,7 @@ def test_interactor_masks_match_the_object(real_fn):
     assert iou(mask, gt, ignore) >= IOU_THREE_CLICKS
 
 
+@pytest.mark.data
 def test_detector_finds_the_salient_object(real_fn):
     raw, rgb, gt, ignore = grabcut_sample()
     h, w = gt.shape

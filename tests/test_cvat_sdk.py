@@ -106,6 +106,7 @@ def test_detection_output_passes_cvat_sdk_validation(fixture_model):
         validate(function, function.detect(context, image), [ds_label("car", 42, "any")], True)
 
 
+@pytest.mark.data
 def test_detection_finds_the_salient_object():
     raw, rgb, gt, ignore = grabcut_sample()
     function = load_function("sqsam_cvat.detection", model=str(need_bundled_model()), min_score=0.3)
@@ -190,6 +191,7 @@ def test_interaction_through_the_agent_driver(fixture_model):
         agent.interact(3, [(400, 10)])
 
 
+@pytest.mark.data
 def test_interaction_masks_match_the_object():
     from sqsam_core.geometry import next_click
 

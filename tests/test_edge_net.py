@@ -5,9 +5,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+pytestmark = pytest.mark.train
+
+from sqsam_train import edge_net  # noqa: E402
 from sqsam_train import learned_edges as edges  # noqa: E402
 from sqsam_train.learned_edges import LearnedEdgeRefine, boundary_band  # noqa: E402
-from sqsam_train import edge_net  # noqa: E402
 
 
 def _ellipse_logits(height=150, width=230, blur=2.0):

@@ -10,8 +10,16 @@ import pkgutil
 import pytest
 
 from sqsam_core import errors
-from sqsam_core.errors import (BenchError, CliError, ImageTooLargeError, InvalidImageError, InvalidPromptError,
-                               ModelFileError, SqsamError, http_status)
+from sqsam_core.errors import (
+    BenchError,
+    CliError,
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidPromptError,
+    ModelFileError,
+    SqsamError,
+    http_status,
+)
 
 #: Exceptions used for control flow inside one module, never raised to a caller.
 CONTROL_FLOW = {"sqsam_train.finetune.Interrupted"}
@@ -39,7 +47,8 @@ def test_message_and_status_survive():
 
 def test_label_studio_errors_are_sqsam_errors():
     pytest.importorskip("flask", reason="the label-studio extra is not installed")
-    from sqsam_label_studio import app, errors as ls_errors, images, limits, lsproc
+    from sqsam_label_studio import app, images, limits, lsproc
+    from sqsam_label_studio import errors as ls_errors
 
     assert app.ApiError is ls_errors.ApiError and images.ImageFetchError is ls_errors.ImageFetchError
     assert limits.RequestError is ls_errors.RequestError and lsproc.LabelStudioError is ls_errors.LabelStudioError

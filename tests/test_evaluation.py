@@ -6,8 +6,15 @@ import pytest
 
 from sqsam_core import SqueezeSAM, geometry
 from sqsam_core.contract import CONTRACT_VERSION, ModelSpec
-from sqsam_core.evaluation import (ObjectResult, clicks_to_reach, evaluate, evaluate_dataset, format_report,
-                                   iter_dataset, summarize)
+from sqsam_core.evaluation import (
+    ObjectResult,
+    clicks_to_reach,
+    evaluate,
+    evaluate_dataset,
+    format_report,
+    iter_dataset,
+    summarize,
+)
 
 # Calibrated on the shipped model (models/README.md has the full numbers); a regression below
 # these on the first GrabCut objects means the model or the protocol broke.

@@ -614,9 +614,9 @@ def test_bad_personal_access_token(fake_ls, model):
 
 
 def test_expired_access_token_is_refreshed_before_use(fake_ls, model):
-    from sqsam_label_studio.images import TokenAuth
-
     import requests
+
+    from sqsam_label_studio.images import TokenAuth
 
     auth = TokenAuth(fake_ls.url, REFRESH, requests.Session())
     first = auth.header()

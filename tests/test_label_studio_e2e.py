@@ -56,10 +56,10 @@ def _label_studio_bin() -> str | None:
 
 
 LS_BIN = _label_studio_bin()
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.e2e, pytest.mark.data, pytest.mark.skipif(
     LS_BIN is None,
     reason=f"label-studio is not installed: `make install-label-studio` builds {LS_VENV} "
-           "(or set SQSAM_LABEL_STUDIO_BIN)")
+           "(or set SQSAM_LABEL_STUDIO_BIN)")]
 
 
 def decode(region: dict) -> np.ndarray:

@@ -24,6 +24,7 @@ from tests.conftest import BUNDLED_MODEL  # noqa: E402
 from tests.netfixtures import FaultServer, gunicorn_available, gunicorn_server  # noqa: E402
 
 pytestmark = [
+    pytest.mark.e2e,  # gunicorn servers and image hosts on 127.0.0.1, 400 requests
     pytest.mark.skipif(not gunicorn_available(), reason="gunicorn (label-studio extra) is not installed"),
     pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="bundled model not present"),
 ]

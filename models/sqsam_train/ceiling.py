@@ -77,7 +77,8 @@ def dataset_ceiling(dataset_dir: Path, size: int) -> dict:
     names, table = [], []
     for obj in iter_dataset(dataset_dir):
         names.append(obj.name)
-        table.append([ceiling_iou(obj.image, obj.gt, obj.ignore, size, zoom, refine) for zoom, refine in variants.values()])
+        table.append([ceiling_iou(obj.image, obj.gt, obj.ignore, size, zoom, refine)
+                      for zoom, refine in variants.values()])
     ious = np.array(table).reshape(-1, len(variants))
     worst = np.argsort(ious[:, 2])[:5]
     return {"dataset": Path(dataset_dir).name, "input_size": size, "objects": len(names),

@@ -143,7 +143,8 @@ def sample_negative_point(target: np.ndarray, valid: np.ndarray, rng: np.random.
     """A random ``(x, y)`` in the background, usually in a band around the object."""
     band = cv2.dilate(target.astype(np.uint8), np.ones((31, 31), np.uint8)).astype(bool)
     region = (band if rng.random() < 0.7 else np.ones_like(target)) & ~target & valid
-    region = cv2.erode(region.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) if region.sum() > 200 else region
+    if region.sum() > 200:
+        region = cv2.erode(region.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     return sample_interior_point(region, rng, power=0.5)
 
 
@@ -245,7 +246,8 @@ class SampleMaker:
         image, masks = resize_pair(np.ascontiguousarray(image), masks, self.crop * rng.uniform(0.8, 1.0))
         image = color_jitter(image, rng)
         valid = crop_around(np.ones(image.shape[:2], bool), 0, 0, self.crop)
-        return Sample(crop_around(image, 0, 0, self.crop), valid, crop_around(masks[0], 0, 0, self.crop), [], None, "salient",
+        return Sample(crop_around(image, 0, 0, self.crop), valid, crop_around(masks[0], 0, 0, self.crop), [], None,
+                      "salient",
                       entry.name)
 
     def _prompted(self, rng: np.random.Generator) -> Sample:
@@ -326,7 +328,8 @@ class SampleMaker:
             longer = self.input_size * rng.uniform(0.9, 1.1)
         else:
             longer = self.crop * rng.uniform(0.8, 1.0)
-        view, view_layers = resize_pair(image[top:bottom, left:right], [m[top:bottom, left:right] for m in layers], longer)
+        view, view_layers = resize_pair(image[top:bottom, left:right], [m[top:bottom, left:right] for m in layers],
+                                        longer)
         window_top, window_left = (0, 0)
         if self.zoom_at_serving_scale and view_layers[0].any():
             window_top, window_left = self._window(view_layers[0], rng)
@@ -386,9 +389,11 @@ class SampleMaker:
         jitter = rng.normal(0, 0.06, size=4) * np.array([w, h, w, h])
         box = np.array([x0, y0, x1, y1]) + jitter
         box = np.clip(box, 0, self.crop - 1)
-        return (float(min(box[0], box[2])), float(min(box[1], box[3])), float(max(box[0], box[2])), float(max(box[1], box[3])))
+        return (float(min(box[0], box[2])), float(min(box[1], box[3])),
+                float(max(box[0], box[2])), float(max(box[1], box[3])))
 
-    def _initial_clicks(self, target, valid, rng, first_in: np.ndarray | None = None) -> list[tuple[float, float, bool]]:
+    def _initial_clicks(self, target, valid, rng,
+                        first_in: np.ndarray | None = None) -> list[tuple[float, float, bool]]:
         """A first positive click inside ``first_in`` (a part; default the target), biased to its
         interior, then 1-2 random extra clicks in a quarter of the samples."""
         x, y = sample_interior_point(target if first_in is None else first_in, rng)

@@ -186,7 +186,8 @@ def train(paths: list[Path], out: Path, steps: int, batch: int, lr: float, sets:
         gt = torch.from_numpy(data["gt"][index])[:, None].float()
         flip = torch.from_numpy(rng.random(len(index)) < 0.5)
         inputs[flip], logits[flip], gt[flip] = inputs[flip].flip(-1), logits[flip].flip(-1), gt[flip].flip(-1)
-        band = torch.from_numpy(np.stack([learned_edges.boundary_band(plane) for plane in logits[:, 0].numpy()]))[:, None]
+        bands = [learned_edges.boundary_band(plane) for plane in logits[:, 0].numpy()]
+        band = torch.from_numpy(np.stack(bands))[:, None]
         inner = torch.zeros_like(band)
         inner[..., MARGIN:-MARGIN, MARGIN:-MARGIN] = True
         return inputs, logits, gt, band & inner

@@ -17,8 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sqsam_core.contract import (CONTRACT_VERSION, DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN,
-                                 DEFAULT_STD, HYPOTHESES, INPUT_NAMES, OUTPUT_NAMES, ModelSpec)
+from sqsam_core.contract import (
+    CONTRACT_VERSION,
+    DEFAULT_CLICK_RADIUS,
+    DEFAULT_INPUT_SIZE,
+    DEFAULT_MEAN,
+    DEFAULT_STD,
+    HYPOTHESES,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    ModelSpec,
+)
 from sqsam_train.network import SqueezeSAMNet, build_network, has_refine_stage, read_weights
 
 

@@ -43,7 +43,8 @@ TAP_AFTER = {0: 2, 2: 4, 4: 8, 10: 16, 15: 32}
 ENCODER_CHANNELS = {2: 16, 4: 24, 8: 40, 16: 112, 32: 320}
 
 
-def conv_bn_act(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+def conv_bn_act(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1,
+                act: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(cout, eps=BN_EPS),
@@ -203,7 +204,8 @@ class SqueezeSAMNet(nn.Module):
         self.strides = strides
         last = decoder[-1]
         self.mask_head = nn.Sequential(conv_bn_act(last, last, 3, groups=last), nn.Conv2d(last, num_masks, 1))
-        self.iou_head = nn.Sequential(nn.Linear(width + decoder[-2], 64), nn.ReLU(inplace=True), nn.Linear(64, num_masks))
+        self.iou_head = nn.Sequential(nn.Linear(width + decoder[-2], 64), nn.ReLU(inplace=True),
+                                      nn.Linear(64, num_masks))
         self.refine = RefineStage(last, num_masks) if refine else None
         self.output_stride = 1 if refine else strides[-1]
 

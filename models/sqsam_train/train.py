@@ -12,12 +12,14 @@ network 0-16 times without gradients adding a corrective click each time at the 
 (``sqsam_core.geometry.next_click``, the evaluation rule) and feeding the previous probability
 back (never for zero-prompt samples: the saliency pass has no previous mask at inference);
 with ``--corrupt-share`` some previous masks are then damaged and given the click that repairs
-them (:func:`damage_previous_masks`; ``--spill-share`` of them a large spill, :func:`spilled_mask`); then one forward/backward pass. Loss: BCE + Dice
+them (:func:`damage_previous_masks`; ``--spill-share`` of them a large spill, :func:`spilled_mask`); then one
+forward/backward pass. Loss: BCE + Dice
 on hypothesis 0 for the target, plus, for an ambiguous prompt (``contract.is_ambiguous_prompt``:
 exactly one click, no box), the meanings of ``contract.HYPOTHESES``: a click on a known part
 (``Sample.part``) trains hypothesis 0 on the whole object and hypothesis 1 on the part; any other
 single click trains hypotheses 1 and 2 on the target at weight ``OTHER_HYPOTHESIS_WEIGHT``. Plus
-MSE between the IoU head and each hypothesis's true IoU with what it is trained for. Options: ``--boundary-weight`` weights
+MSE between the IoU head and each hypothesis's true IoU with what it is trained for. Options:
+``--boundary-weight`` weights
 a band around every target's boundary up; ``--coarse-band`` ignores one on sets with coarse masks.
 
 On a GPU: ``--workers N`` draws samples in N processes and runs the rounds' per-sample work on N
@@ -49,8 +51,15 @@ from tqdm import tqdm
 
 from sqsam_core import geometry
 from sqsam_core.config import DATA_HELP, data_root
-from sqsam_core.contract import (DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE, DEFAULT_MEAN, DEFAULT_STD, HYPOTHESES,
-                                 choose_hypothesis, is_ambiguous_prompt)
+from sqsam_core.contract import (
+    DEFAULT_CLICK_RADIUS,
+    DEFAULT_INPUT_SIZE,
+    DEFAULT_MEAN,
+    DEFAULT_STD,
+    HYPOTHESES,
+    choose_hypothesis,
+    is_ambiguous_prompt,
+)
 from sqsam_train.batched_clicks import click_tensor, next_clicks
 from sqsam_train.data import SET_WEIGHTS, Sample, SampleMaker, load_training_data, set_name
 from sqsam_train.network import build_network, read_weights
@@ -100,9 +109,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="zoom-in samples at the scale serving shows them (view's longer side S, a --crop window "
                         "of it) instead of the whole view shrunk into the window (v1-v6)")
     p.add_argument("--set-weights", type=parse_set_weights, default=None, metavar="SET=W,...",
-                   help=f"how often each training set is drawn (default {','.join(f'{k}={v}' for k, v in SET_WEIGHTS.items())})")
+                   help="how often each training set is drawn "
+                        f"(default {','.join(f'{k}={v}' for k, v in SET_WEIGHTS.items())})")
     p.add_argument("--refine", action="store_true",
-                   help="add the stride-1 refinement stage (network.RefineStage; an --init without it starts it as the identity)")
+                   help="add the stride-1 refinement stage (network.RefineStage; an --init without it "
+                        "starts it as the identity)")
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--backbone-lr-scale", type=float, default=0.3)
     p.add_argument("--warmup", type=int, default=200)
@@ -111,7 +122,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "checkpoints, sqsam_train.average)")
     p.add_argument("--save-every", type=int, default=500, help="keep a stepNNNNNN.ckpt every this many steps")
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
-    p.add_argument("--stop-after-minutes", type=float, default=None, help="exit cleanly (with a checkpoint) after this long")
+    p.add_argument("--stop-after-minutes", type=float, default=None,
+                   help="exit cleanly (with a checkpoint) after this long")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=0,
                    help="processes drawing samples and threads running the corrective-click rounds' per-sample "
@@ -131,7 +143,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="share of steps with no corrective rounds, where single clicks (part or whole) are trained "
                         f"(default {ROUND_PROBS[0]})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", type=Path, default=None, help="start from these weights (a .ckpt, or a weights-only .pt) instead of ImageNet")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these weights (a .ckpt, or a weights-only .pt) instead of ImageNet")
     return p.parse_args(argv)
 
 
@@ -167,7 +180,8 @@ def aims_at_part(sample: Sample) -> bool:
     return sample.part is not None and bool(np.array_equal(sample.target, sample.part))
 
 
-def chosen_probability(logits: torch.Tensor, iou: torch.Tensor, clicks: list[list], samples: list[Sample], size: int) -> torch.Tensor:
+def chosen_probability(logits: torch.Tensor, iou: torch.Tensor, clicks: list[list], samples: list[Sample],
+                       size: int) -> torch.Tensor:
     """(B, 1, size, size) probability of the hypothesis the runtime would present (granularity
     "part" for samples that aim at a part, "whole" otherwise)."""
     iou = iou.cpu()

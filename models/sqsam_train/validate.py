@@ -23,13 +23,13 @@ import torch
 from sqsam_core.config import DATA_HELP, data_root
 from sqsam_core.contract import DEFAULT_INPUT_SIZE
 from sqsam_core.edges import EdgeRefine
-from sqsam_train.learned_edges import LearnedEdgeRefine
 from sqsam_core.evaluation import EvalObject, clicks_to_reach, evaluate, format_report, summarize, zero_click_iou
 from sqsam_core.predictor import SqueezeSAM, ZoomIn
 from sqsam_train.band_oracle import evaluate_with_band_oracle
 from sqsam_train.compare import PER_OBJECT
 from sqsam_train.data import SALIENT_SETS, load_training_data, set_name
 from sqsam_train.export import TorchBackend, load_checkpoint, spec_for
+from sqsam_train.learned_edges import LearnedEdgeRefine
 
 
 def validation_objects(sets: dict, per_set: int) -> list[EvalObject]:

@@ -205,7 +205,6 @@ def run_bench(dataset_dir: str | os.PathLike, workers: int, copies: int = 2, lim
 
 def cmd_bench_annotate(args) -> int:
     from sqsam_core.annotate.command import default_workers
-
     from sqsam_core.config import data_root
 
     data = Path(args.data) if args.data else data_root()
@@ -235,7 +234,8 @@ def register_bench(subparsers) -> None:
     p.add_argument("--data", metavar="DIR", default=None,
                    help=f"data root holding eval/<DATASET>, or a data set folder (default {DATA_HELP})")
     p.add_argument("--dataset", default="GrabCut", help="data set under eval/ (default GrabCut)")
-    p.add_argument("--workers", type=positive_int, default=None, metavar="N", help="N for the N-process run (default: cores)")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="N for the N-process run (default: cores)")
     p.add_argument("--repeat", type=positive_int, default=2, metavar="K",
                    help="each image K times in the throughput runs (default 2)")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images")

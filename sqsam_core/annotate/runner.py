@@ -11,8 +11,8 @@ whichever way it runs. At most ``2 x workers`` images are in flight; each result
 * ``run_dask``: a ``dask.distributed`` client, on a ``LocalCluster`` (``--dask local``:
   ``n_workers = N``, one thread each, processes) or a running scheduler (``--dask
   tcp://HOST:PORT``). :class:`~sqsam_core.annotate.dask_worker.ModelPlugin`, a Dask
-  ``WorkerPlugin``, loads the model once per worker (also on workers that join later); tasks pass image paths, so every worker must see the
-  images under the same paths (a shared or identical file system).
+  ``WorkerPlugin``, loads the model once per worker (also on workers that join later); tasks pass
+  image paths, so every worker must see the images under the same paths (a shared or identical file system).
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def run_processes(jobs: Iterable[ImageJob], settings: AnnotateSettings, workers:
     pending = iter(jobs)
     executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_process, initargs=(settings,))
     try:
-        in_flight = {executor.submit(_process_task, job, settings): job for job in itertools.islice(pending, 2 * workers)}
+        in_flight = {executor.submit(_process_task, job, settings): job
+                     for job in itertools.islice(pending, 2 * workers)}
         while in_flight:
             finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in finished:

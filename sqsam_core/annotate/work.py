@@ -190,7 +190,8 @@ def _encode(mask: np.ndarray, score: float, keep: dict, job: ImageJob, number: i
     if settings.format == "coco":
         if settings.polygons:
             segmentation = [[round(c, 2) for point in polygon for c in point]
-                            for polygon in formats.mask_to_polygons(mask, simplify_tolerance=settings.polygon_tolerance)]
+                            for polygon in formats.mask_to_polygons(mask,
+                                                                    simplify_tolerance=settings.polygon_tolerance)]
         else:
             segmentation = formats.mask_to_coco_rle(mask)
         return {**fields, "segmentation": segmentation, "area": area, "bbox": bbox, "score": score}, None

@@ -51,10 +51,11 @@ def format_report(report: dict) -> str:
         lines.append(f"throughput, decode + automask: {tp['workers']} worker(s) x {tp['ort_threads_per_worker']} ORT "
                      f"thread(s): {tp['images_per_s']:.2f} images/s ({tp['images']} images)")
     fl, peak = report.get("flops", {}), report["peak"]
+    share = 100 * pc["fraction_of_peak"] if pc.get("fraction_of_peak") is not None else None
     if fl.get("macs"):
         lines.append(f"model cost: {fl['gflops']:.2f} GFLOPs/pass ({fl['macs'] / 1e9:.2f} GMACs); machine peak "
                      f"{peak['gflops']:.1f} GFLOP/s (numpy sgemm n={peak['n']}); achieved "
-                     f"{_f(pc.get('achieved_gflops'))} GFLOP/s = {_f(100 * pc['fraction_of_peak'] if pc.get('fraction_of_peak') is not None else None)}% of peak")
+                     f"{_f(pc.get('achieved_gflops'))} GFLOP/s = {_f(share)}% of peak")
     mem = report["memory"]
     lines.append(f"peak RSS: {mem['peak_rss_mb']} MB (model loaded: {mod['rss_after_load_mb']} MB)")
     prof = report.get("profile")
@@ -69,7 +70,8 @@ def format_report(report: dict) -> str:
         lines.append(f"SAM baseline at {sam['image']['width']}x{sam['image']['height']}, {sam['threads']} ORT threads "
                      f"(random weights, speed only)")
         lines.append(f"{'model (ms)':<28}  {'first click':>11}  {'per click':>9}  {'5 clicks':>9}  cost")
-        lines.append(f"{'sqsam ' + mod['model_version']:<28}  {ours['first_click_ms']:>11.1f}  {ours['per_click_ms']:>9.1f}  "
+        lines.append(f"{'sqsam ' + mod['model_version']:<28}  {ours['first_click_ms']:>11.1f}  "
+                     f"{ours['per_click_ms']:>9.1f}  "
                      f"{ours['five_click_ms']:>9.1f}  {_f(fl.get('gflops'), '{:.2f}')} GFLOP per pass")
         for name, res in sam["variants"].items():
             if res.get("status") != "ok":

@@ -17,12 +17,24 @@ from sqsam_core.bench import sam
 from sqsam_core.bench.config import TARGETS, BenchConfig, Log
 from sqsam_core.bench.flops import count_macs
 from sqsam_core.bench.http import bench_label_studio
-from sqsam_core.bench.machine import (loadavg, machine_info, measure_peak_gflops, proc_status, reset_peak_rss,
-                                      ru_maxrss_mb)
+from sqsam_core.bench.machine import (
+    loadavg,
+    machine_info,
+    measure_peak_gflops,
+    proc_status,
+    reset_peak_rss,
+    ru_maxrss_mb,
+)
 from sqsam_core.bench.stats import ms, size_label
 from sqsam_core.bench.synthetic import SyntheticImage, click_sequence, synthetic_jpeg
-from sqsam_core.bench.timing import (bench_automask, bench_first_click, bench_per_click, bench_throughput, load_model,
-                                     profile_model)
+from sqsam_core.bench.timing import (
+    bench_automask,
+    bench_first_click,
+    bench_per_click,
+    bench_throughput,
+    load_model,
+    profile_model,
+)
 from sqsam_core.errors import BenchError
 
 

@@ -21,8 +21,15 @@ import types
 from pathlib import Path
 from typing import Sequence
 
-from sqsam_core.bench.sam import (EXPORT_FORMAT, OPSET, SAM_SIZE, TRACE_IMAGE_SIZE, VARIANTS, default_cache_dir,
-                                  variant_paths)
+from sqsam_core.bench.sam import (
+    EXPORT_FORMAT,
+    OPSET,
+    SAM_SIZE,
+    TRACE_IMAGE_SIZE,
+    VARIANTS,
+    default_cache_dir,
+    variant_paths,
+)
 
 
 class _Unavailable:

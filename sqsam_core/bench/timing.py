@@ -169,7 +169,7 @@ def bench_throughput(config: BenchConfig, images: Sequence[SyntheticImage], core
         latencies: list[float] = []
         lock = threading.Lock()
 
-        def task(i: int) -> int:
+        def task(i: int, model=model) -> int:
             start = time.perf_counter()
             rgb = decode_image_bytes(images[i % len(images)].jpeg)
             found = model.automask(rgb, cache_key=f"bench:tp:{workers}:{i}")

@@ -17,8 +17,8 @@ import json
 import os
 import traceback
 
-from sqsam_cvat import common
 from sqsam_core.errors import SqsamError, http_status
+from sqsam_cvat import common
 
 #: CVAT shows one status for every bad request (its interactor and detector protocols know no other).
 BAD_INPUT_STATUS = 400

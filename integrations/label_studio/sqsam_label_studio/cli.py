@@ -103,7 +103,8 @@ def serve_command(args) -> int:
 
     from .app import create_app
 
-    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         model = _load_model(args.model, args.threads)
     except SqsamError as exc:

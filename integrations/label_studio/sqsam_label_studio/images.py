@@ -196,7 +196,8 @@ class ImageLoader:
             raise ConfigError("image limits must be positive (SQSAM_MAX_IMAGE_BYTES, SQSAM_MAX_IMAGE_PIXELS, "
                               "SQSAM_IMAGE_TIMEOUT < 3600 s, SQSAM_MAX_FETCHES, SQSAM_FETCH_QUEUE_TIMEOUT)")
         self.policy = FetchPolicy(allowed_hosts)
-        self.fetcher = SafeFetcher(self.policy, timeout=self.timeout, connect_timeout=min(CONNECT_TIMEOUT, self.timeout),
+        self.fetcher = SafeFetcher(self.policy, timeout=self.timeout,
+                                   connect_timeout=min(CONNECT_TIMEOUT, self.timeout),
                                    max_bytes=self.max_bytes, trusted=self._trusted_origins, resolver=resolver)
         self.session = self.fetcher  # the name TokenAuth callers used
         self._fetch_slots = threading.BoundedSemaphore(int(max_fetches))
@@ -255,7 +256,8 @@ class ImageLoader:
             raise ImageFetchError(str(exc), 422) from None
         if self.ls_url is not None:
             if origin_of(url) != origin_of(self.ls_url):
-                logger.info("/setup hostname %s ignored: LABEL_STUDIO_URL is %s", short_url(url), short_url(self.ls_url))
+                logger.info("/setup hostname %s ignored: LABEL_STUDIO_URL is %s", short_url(url),
+                            short_url(self.ls_url))
             return self.ls_url
         with self._lock:
             if self._pinned is None or origin_of(self._pinned) == origin_of(url) or may_move:
@@ -398,7 +400,8 @@ class ImageLoader:
                             hint = "; set LABEL_STUDIO_API_KEY to a valid Label Studio token"
                         elif not sent:
                             hint = ("; the Label Studio token is sent only on Label Studio's file paths "
-                                    "(/data/upload/, /data/local-files/, /storage-data/, /tasks|projects/<id>/resolve/)")
+                                    "(/data/upload/, /data/local-files/, /storage-data/, "
+                                    "/tasks|projects/<id>/resolve/)")
                         else:
                             hint = "; check LABEL_STUDIO_API_KEY"
                     raise ImageFetchError(f"fetching the image {short_url(url)} failed: HTTP {response.status}{hint}",

@@ -19,8 +19,6 @@ import io
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -29,6 +27,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from sqsam_core.bench.server import free_port, start_server, stop_process, wait_healthy
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -126,37 +126,6 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the server exited with code {process.returncode} before answering /health")
-        try:
-            with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url}/health did not answer within {timeout:g} s")
-
-
-def start_server(port: int, model: str | None = None, env: dict | None = None) -> subprocess.Popen:
-    """``sqsam serve label-studio`` on 127.0.0.1:``port`` as a subprocess (stop it with ``.terminate()``)."""
-    command = [sys.executable, "-m", "sqsam_core", "serve", "label-studio", "--host", "127.0.0.1",
-               "--port", str(port), "--log-level", "WARNING"]
-    if model:
-        command += ["--model", model]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})})
-
-
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, float), q)) if values else float("nan")
 
@@ -209,12 +178,7 @@ def measure(clients: int = 8, requests: int = 50, url: str | None = None, model:
         return summary
     finally:
         if process is not None:
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+            stop_process(process)
 
 
 def cmd_loadtest(args) -> int:

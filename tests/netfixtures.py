@@ -187,7 +187,7 @@ def gunicorn_server(env: dict, threads: int = 4, timeout: float = 120.0):
 
     Stopped by its PID (SIGTERM, then SIGKILL) when the block ends.
     """
-    from sqsam_core.loadtest import free_port, wait_healthy
+    from sqsam_core.bench.server import free_port, wait_healthy
 
     port = free_port()
     command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",

@@ -49,8 +49,8 @@ ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 TRAIN_NOW_EVENTS = ("START_TRAINING",)
 MAX_EXPORT_BYTES = 256 * 1024 * 1024
 TRAIN_EXTRA_MISSING = 'training needs the train extra (pip install "sqsam[train]")'
-EXIT_WORSE = 3
-MAX_TRACKED_IDS = 100_000  # annotation ids remembered per project (to count each once)  # sqsam_train.finetune's exit code for a candidate worse than the base
+EXIT_WORSE = 3  # sqsam_train.finetune's exit code for a candidate worse than the base
+MAX_TRACKED_IDS = 100_000  # annotation ids remembered per project (to count each once)
 
 
 @dataclass
@@ -277,7 +277,8 @@ class Learner:
             details[project] = {"model_version": state.get("model_version", self.models.base_version),
                                 "new_annotations": int(state.get("new_annotations", 0)),
                                 "running": self.running(project), "last_job": state.get("job")}
-        return {"enabled": not self.unavailable, "reason": self.unavailable, "min_annotations": self.settings.min_annotations, "threads": self.settings.threads,
+        return {"enabled": not self.unavailable, "reason": self.unavailable,
+                "min_annotations": self.settings.min_annotations, "threads": self.settings.threads,
                 "minutes": self.settings.minutes, "projects": details}
 
     # ----------------------------------------------------------------------------------------

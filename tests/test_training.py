@@ -661,6 +661,22 @@ def test_part_samples_click_a_part_and_carry_its_whole():
     assert 5 < seen_part_targets < 25  # part_target_share 0.5: corrective clicks aim at either
 
 
+def test_part_mode_samples_keep_one_click_through_the_rounds():
+    from sqsam_train.data import MIN_OBJECT_PIXELS, MIN_PART_SHARE, part_masks
+
+    labels, image = _person_with_parts()
+    whole, parts = part_masks(labels, MIN_PART_SHARE, MIN_OBJECT_PIXELS)
+    maker = SampleMaker({"CCP": [Entry("CCP/synthetic", image, [whole], parts)]}, crop=128, input_size=160,
+                        salient_share=0.0, box_share=0.0, set_weights={"CCP": 1.0}, part_click_share=1.0)
+    samples = [maker.sample(np.random.default_rng(i)) for i in range(4)]
+    assert all(s.mode == "part" and len(s.clicks) == 1 and s.part[int(s.clicks[0][1]), int(s.clicks[0][0])]
+               for s in samples)
+    clicks = [list(s.clicks) for s in samples]
+    empty = torch.zeros(len(samples), 1, 128, 128)  # every prediction wrong: a normal sample would get a click
+    train.add_corrective_clicks(empty, samples, clicks)
+    assert clicks == [list(s.clicks) for s in samples]
+
+
 def test_single_click_on_a_part_trains_whole_on_hypothesis_0_and_part_on_1():
     size = 32
     whole = np.zeros((size, size), bool)

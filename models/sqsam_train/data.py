@@ -8,7 +8,8 @@ at inference with input side ``S``), produced by :class:`SampleMaker`:
 * ``target`` (crop, crop) bool — the object
 * ``clicks`` list of ``(x, y, positive)`` in crop pixels (x = column)
 * ``box``    ``(x0, y0, x1, y1)`` crop pixels or None
-* ``mode``   "clicks", "box" or "salient" (no prompt: the salient object)
+* ``mode``   "clicks", "box", "salient" (no prompt: the salient object) or "part" (one click on a
+  part, kept single by the training rounds)
 * ``whole``, ``part`` (crop, crop) bool or None — for a click on a known part (a CCP garment, one
   instance of a touching group): the object that holds it and the part itself. A single click then
   trains hypothesis 0 on ``whole`` and hypothesis 1 on ``part`` (``contract.HYPOTHESES``).
@@ -215,11 +216,12 @@ class SampleMaker:
                  salient_share: float = 0.12, box_share: float = 0.15, paste_share: float = 0.15,
                  merge_share: float = 0.15, zoom_share: float = 0.3, zoom_at_serving_scale: bool = False,
                  set_weights: dict[str, float] | None = None, part_target_share: float = 0.5,
-                 occlude_share: float = 0.0):
+                 occlude_share: float = 0.0, part_click_share: float = 0.0):
         self.sets = {k: v for k, v in sets.items() if v}
         self.set_weights = dict(SET_WEIGHTS if set_weights is None else set_weights)
         self.part_target_share = part_target_share  # part-set samples whose corrective clicks aim at the part
         self.occlude_share = occlude_share  # samples with another object pasted over part of the target
+        self.part_click_share = part_click_share  # part samples that stay one click on the part ("part" mode)
         self.crop, self.input_size = crop, input_size
         self.salient_share, self.box_share = salient_share, box_share
         self.paste_share, self.merge_share = paste_share, merge_share
@@ -285,6 +287,9 @@ class SampleMaker:
             return self._prompted(rng)
         if rng.random() < self.box_share:
             return Sample(image, valid, target, [], self._jittered_box(target, rng), "box", entry.name)
+        if part is not None and rng.random() < self.part_click_share:
+            x, y = sample_interior_point(part, rng)
+            return Sample(image, valid, target, [(float(x), float(y), True)], None, "part", entry.name, whole, part)
         clicks = self._initial_clicks(target, valid, rng, first_in=part)
         return Sample(image, valid, target, clicks, None, "clicks", entry.name, whole, part)
 

@@ -66,6 +66,9 @@ from sqsam_train.network import build_network, read_weights
 
 # Corrective rounds before the gradient pass. v4 adds 12 and 16 so the network also sees the
 # many-click regime NoC@90 is measured in (an evaluation runs up to 20 clicks).
+#: Sample modes whose prompt the rounds leave as drawn (no corrective click, no previous mask, no
+#: damage): the zero-prompt saliency pass, and a single click on a part ("part": part and whole).
+FIXED_PROMPT_MODES = ("salient", "part")
 #: Weight of the hypotheses without a meaning of their own for a single click (trained on the target).
 OTHER_HYPOTHESIS_WEIGHT = 0.25
 ROUND_CHOICES = (0, 1, 2, 3, 4, 6, 9, 12, 16)
@@ -137,6 +140,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true",
                    help="run the network's passes in bfloat16 autocast (weights, optimiser and loss stay float32); "
                         "for GPUs with bfloat16 tensor cores and CPUs with AVX512-BF16 or AMX")
+    p.add_argument("--part-click-share", type=float, default=0.0,
+                   help="share of part samples kept at their single click whatever the rounds (mode 'part')")
     p.add_argument("--occlude-share", type=float, default=0.0,
                    help="share of prompted samples with another object pasted over part of the target")
     p.add_argument("--single-click-share", type=float, default=None,
@@ -197,7 +202,7 @@ def add_corrective_clicks(prob: torch.Tensor, samples: list[Sample], clicks: lis
     """Append the RITM next click (evaluation rule) for every sample whose prediction has errors.
     ``prob`` is (B, 1, H, W) on the CPU; each sample's list in ``clicks`` is touched by one thread only."""
     def correct(i: int) -> None:
-        if samples[i].mode != "salient":
+        if samples[i].mode not in FIXED_PROMPT_MODES:
             append_next_click(clicks[i], prob[i, 0].numpy() > 0.5, samples[i])
 
     map_samples(correct, range(len(samples)), threads)
@@ -208,7 +213,7 @@ def add_corrective_clicks_batched(prob: torch.Tensor, samples: list[Sample], cli
     """:func:`add_corrective_clicks` in one batched pass on ``prob``'s device (``batched_clicks.next_clicks``:
     the same clicks). ``prob`` (B, 1, H, W); ``target``, ``valid`` (B, H, W) bool on the same device."""
     for i, click in enumerate(next_clicks(prob[:, 0] > 0.5, target, ~valid)):
-        if click is not None and samples[i].mode != "salient":
+        if click is not None and samples[i].mode not in FIXED_PROMPT_MODES:
             clicks[i].append(click)
 
 
@@ -270,7 +275,7 @@ def damage_previous_masks(prev: torch.Tensor, samples: list[Sample], clicks: lis
     if share <= 0:  # draws nothing, so runs without damage keep their random stream
         return
     for i, s in enumerate(samples):
-        if s.mode == "salient" or rng.random() >= share:
+        if s.mode in FIXED_PROMPT_MODES or rng.random() >= share:
             continue
         spill = spill_share > 0 and rng.random() < spill_share  # no draw at 0: v5/v6's stream is kept
         damaged = spilled_mask(s.target, rng) if spill else damaged_mask(prev[i, 0].numpy() > 0.5, s.target, rng)
@@ -498,7 +503,7 @@ def train_step(net, optimizer, samples: list[Sample], rng, args, device,
     image = image_tensor(samples, threads).to(device)
     box_maps = torch.from_numpy(np.stack([geometry.box_map(s.box, size) for s in samples])).to(device)
     rounds = int(rng.choice(ROUND_CHOICES, p=round_probabilities(getattr(args, "single_click_share", None))))
-    salient = torch.tensor([s.mode == "salient" for s in samples])
+    salient = torch.tensor([s.mode in FIXED_PROMPT_MODES for s in samples])
     if batched_rule is None:
         batched_rule = torch.device(device).type == "cuda"
     if rounds:
@@ -540,7 +545,7 @@ def main(argv=None) -> None:
     cache = args.run_dir / "data-cache.pkl"
     sets = load_training_data(args.data, cache=cache)
     maker_options = dict(crop=args.crop, input_size=args.input_size, salient_share=args.salient_share,
-                         occlude_share=args.occlude_share,
+                         occlude_share=args.occlude_share, part_click_share=args.part_click_share,
                          zoom_at_serving_scale=args.zoom_at_serving_scale, set_weights=args.set_weights)
     maker = SampleMaker({k: v[0] for k, v in sets.items()}, **maker_options)
     last = args.run_dir / "last.ckpt"

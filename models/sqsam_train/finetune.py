@@ -16,8 +16,8 @@ Input: a COCO instances JSON, a Label Studio JSON export or an ``images/`` + ``m
 3. exports the result under the model contract (``model_version`` ``<base>+ft.<id>``, or
    ``--version``) and scores base and candidate on the held-out images with ``sqsam eval``'s
    protocol (simulated clicks, zoom-in, edge refinement): NoC@85, NoC@90, mIoU@1;
-4. writes ``--out`` only when the candidate is not worse than the base (NoC@90, NoC@85 breaking
-   ties), unless ``--force``.
+4. writes ``--out`` only when the candidate is not worse than the base (neither NoC@90 nor NoC@85
+   higher; mIoU@1 not lower when both are equal), unless ``--force``.
 
 Resumable: ``RUN_DIR/last.ckpt`` (weights, optimiser, step, RNG states, seconds trained) is
 written every ``--ckpt-minutes`` and on SIGTERM; the same command continues exactly from it.
@@ -129,11 +129,11 @@ def summary(report: dict) -> dict:
 
 
 def is_worse(candidate: dict, base: dict) -> bool:
-    """The refusal rule: NoC@90 higher than the base's; on a tie NoC@85 higher; on a tie again,
-    mIoU@1 lower."""
-    for key, higher_is_worse in (("NoC@90", True), ("NoC@85", True), ("mIoU@1", False)):
-        if candidate[key] != base[key]:
-            return (candidate[key] > base[key]) == higher_is_worse
+    """The refusal rule: NoC@90 or NoC@85 higher than the base's; when both are equal, mIoU@1 lower."""
+    if candidate["NoC@90"] > base["NoC@90"] or candidate["NoC@85"] > base["NoC@85"]:
+        return True
+    if (candidate["NoC@90"], candidate["NoC@85"]) == (base["NoC@90"], base["NoC@85"]):
+        return candidate["mIoU@1"] < base["mIoU@1"]
     return False
 
 
@@ -234,8 +234,7 @@ def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
         os.nice(args.nice)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    args.recipe = Recipe(lr=args.lr, batch=args.batch, crop=args.crop, amp=args.amp,
-                         freeze_norm_stats=not args.update_norm_stats)
+    args.recipe = Recipe(lr=args.lr, batch=args.batch, crop=args.crop, amp=args.amp)
     if found is None:
         found = datasets.read_annotations(args.source, images_dir=args.images)
     for reason in found.skipped:
@@ -275,10 +274,6 @@ def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
     weights = read_weights(weights_path)
     net = build_network(pretrained=None, refine=has_refine_stage(weights))
     net.load_weights(weights)
-    if args.recipe.freeze_norm_stats:  # momentum 0: a training pass leaves the running statistics as they are
-        for module in net.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.momentum = 0.0
     args.train_args = SimpleNamespace(crop=args.recipe.crop, click_radius=DEFAULT_CLICK_RADIUS, amp=args.recipe.amp,
                                       corrupt_share=args.recipe.corrupt_share, spill_share=0.0, boundary_weight=0.0,
                                       coarse_band=0, lr=args.recipe.lr, backbone_lr_scale=args.recipe.backbone_lr_scale,

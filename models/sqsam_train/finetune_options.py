@@ -14,16 +14,15 @@ from sqsam_core.argtypes import positive_int
 class Recipe:
     """Fine-tuning hyper-parameters (chosen on CamVid-cars' held-out part of train/; docs/finetune.md)."""
 
-    lr: float = 1.5e-4
+    lr: float = 6e-4
     backbone_lr_scale: float = 0.3
     warmup: int = 10
     batch: int = 8
-    crop: int = 256  # training window side, model pixels
+    crop: int = 192  # training window side, model pixels (a 480 x 360 frame is 320 x 240 of them)
     project_share: float = 0.75  # of samples drawn from the project when --data mixes general sets in
     salient_share: float = 0.05  # zero-prompt samples (only with --data: they need ECSSD / Human)
     corrupt_share: float = 0.4  # damaged previous masks, as v22 was trained
     amp: bool = False
-    freeze_norm_stats: bool = True  # BatchNorm running statistics stay the base's (small project batches)
 
 
 def _positive_float(text: str) -> float:
@@ -72,8 +71,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive_int, default=Recipe.batch)
     p.add_argument("--crop", type=positive_int, default=Recipe.crop, help="training window side, model pixels")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPUs with AVX512-BF16 or AMX)")
-    p.add_argument("--update-norm-stats", action="store_true",
-                   help="let BatchNorm running statistics follow the project's batches (default: the base's kept)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-minutes", type=_positive_float, default=2.0, help="checkpoint every this many minutes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -275,3 +275,12 @@ def test_finetune_without_torch_names_the_extra(monkeypatch, capsys, tmp_path):
     assert sqsam_main(["finetune", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sqsam: error:") and 'pip install "sqsam[train]"' in err and err.count("\n") == 1
+
+
+def test_the_refusal_rule_wants_neither_threshold_worse(finetune):
+    base = {"NoC@90": 5.0, "NoC@85": 3.0, "mIoU@1": 0.70}
+    assert not finetune.is_worse({"NoC@90": 4.7, "NoC@85": 2.7, "mIoU@1": 0.66}, base)  # fewer clicks at both
+    assert finetune.is_worse({"NoC@90": 4.7, "NoC@85": 3.1, "mIoU@1": 0.80}, base)  # NoC@85 worse
+    assert finetune.is_worse({"NoC@90": 5.1, "NoC@85": 2.0, "mIoU@1": 0.80}, base)  # NoC@90 worse
+    assert finetune.is_worse({"NoC@90": 5.0, "NoC@85": 3.0, "mIoU@1": 0.69}, base)  # a tie, then mIoU@1
+    assert not finetune.is_worse(dict(base), base)

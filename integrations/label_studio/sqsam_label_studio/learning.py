@@ -13,7 +13,8 @@ Enabled by ``MODEL_DIR`` (a persistent folder, a compose volume). Then:
   :class:`~.images.ImageLoader`, the same fetch policy), writes them as an ``images/`` +
   ``masks/`` folder and runs ``python -m sqsam_train.finetune`` in a child process at lower CPU
   priority, with ``SQSAM_TRAIN_THREADS`` (1) threads and ``SQSAM_TRAIN_MINUTES`` (10) of
-  training (``SQSAM_TRAIN_DATA``: the general training data to mix in, optional). The candidate
+  training (``SQSAM_TRAIN_STEPS``: that many steps instead; ``SQSAM_TRAIN_DATA``: the general
+  training data to mix in, optional). The candidate
   must not be worse than the model the project has now on the held-out tasks.
 * a model that passes is written as ``MODEL_DIR/project-<id>/model-<n>.onnx`` and made current by
   rewriting ``state.json`` (temporary file + ``os.replace``); that project's ``/predict`` then
@@ -64,6 +65,7 @@ class TrainSettings:
     nice: int = 10
     export_timeout: float = 120.0
     delay: float = 10.0  # seconds a job waits before reading the export, so a burst of annotations lands in it
+    steps: int | None = None  # train this many steps instead of `minutes` (the same model on any machine)
 
     @classmethod
     def from_env(cls, env=os.environ) -> "TrainSettings | None":
@@ -78,10 +80,12 @@ class TrainSettings:
                            threads=int(env.get("SQSAM_TRAIN_THREADS", 1)),
                            minutes=float(env.get("SQSAM_TRAIN_MINUTES", 10)),
                            jobs=int(env.get("SQSAM_TRAIN_JOBS", 1)), data=env.get("SQSAM_TRAIN_DATA") or None,
-                           delay=float(env.get("SQSAM_TRAIN_DELAY", 10)))
+                           delay=float(env.get("SQSAM_TRAIN_DELAY", 10)),
+                           steps=int(env["SQSAM_TRAIN_STEPS"]) if env.get("SQSAM_TRAIN_STEPS") else None)
         except ValueError as exc:
             raise ConfigError(f"a SQSAM_TRAIN_* setting is not a number: {exc}") from None
-        if settings.min_annotations < 1 or settings.threads < 1 or not settings.minutes > 0 or settings.jobs < 1:
+        if (settings.min_annotations < 1 or settings.threads < 1 or not settings.minutes > 0 or settings.jobs < 1
+                or (settings.steps is not None and settings.steps < 1)):
             raise ConfigError("SQSAM_TRAIN_MIN_ANNOTATIONS, SQSAM_TRAIN_THREADS, SQSAM_TRAIN_MINUTES and "
                               "SQSAM_TRAIN_JOBS must be positive")
         return settings
@@ -388,7 +392,9 @@ class Learner:
         report_path = work / "report.json"
         against = self.models.current_path(project) or self.base_model_path
         command = [sys.executable, "-m", "sqsam_train.finetune", str(work / "data"), "--out", str(candidate),
-                   "--run-dir", str(work / "run"), "--minutes", str(self.settings.minutes),
+                   "--run-dir", str(work / "run"),
+                   *(["--steps", str(self.settings.steps)] if self.settings.steps else
+                     ["--minutes", str(self.settings.minutes)]),
                    "--threads", str(self.settings.threads), "--version", version, "--no-progress",
                    "--json", str(report_path), "--nice", str(self.settings.nice)]
         if against is not None:
@@ -407,7 +413,8 @@ class Learner:
             logger.info("project %s: fine-tune %d running (pid %d, %s min, %s thread(s))", project, number,
                         process.pid, self.settings.minutes, threads)
             try:
-                code = process.wait(timeout=self.settings.minutes * 60 * 3 + 600)
+                code = process.wait(timeout=self.settings.minutes * 60 * 3 + 600 if not self.settings.steps
+                                    else self.settings.steps * 60 + 600)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -140,6 +140,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true",
                    help="run the network's passes in bfloat16 autocast (weights, optimiser and loss stay float32); "
                         "for GPUs with bfloat16 tensor cores and CPUs with AVX512-BF16 or AMX")
+    p.add_argument("--part-weight", type=float, default=1.0,
+                   help="weight of hypothesis 1's loss (the part) on a click on a known part")
     p.add_argument("--part-click-share", type=float, default=0.0,
                    help="share of part samples kept at their single click whatever the rounds (mode 'part')")
     p.add_argument("--occlude-share", type=float, default=0.0,
@@ -347,8 +349,9 @@ def _stack(samples: list[Sample], field: str, device) -> torch.Tensor:
 
 
 def total_loss(logits, iou_pred, samples, clicks, size, boundary_weight: float = 0.0,
-               coarse_band: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mask loss of the hypotheses by their meaning (module docstring) plus the IoU head's MSE."""
+               coarse_band: int = 0, part_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mask loss of the hypotheses by their meaning (module docstring) plus the IoU head's MSE;
+    ``part_weight`` scales hypothesis 1's loss on a click on a known part."""
     full = upsample(logits, size)
     target = _stack(samples, "target", logits.device)
     whole = _stack(samples, "whole", logits.device)
@@ -362,8 +365,8 @@ def total_loss(logits, iou_pred, samples, clicks, size, boundary_weight: float =
     per_whole = mask_losses(full, whole, counted, boundary_weight)
     per_part = mask_losses(full, part, counted, boundary_weight)
     other = OTHER_HYPOTHESIS_WEIGHT * per_target[:, 1:].sum(dim=1)
-    chosen = torch.where(on_part, per_whole[:, 0] + per_part[:, 1] + OTHER_HYPOTHESIS_WEIGHT * per_whole[:, 2],
-                         torch.where(ambiguous, per_target[:, 0] + other, per_target[:, 0]))
+    part_and_whole = per_whole[:, 0] + part_weight * per_part[:, 1] + OTHER_HYPOTHESIS_WEIGHT * per_whole[:, 2]
+    chosen = torch.where(on_part, part_and_whole, torch.where(ambiguous, per_target[:, 0] + other, per_target[:, 0]))
     iou_target = torch.where(on_part[:, None], true_iou(full, whole, valid), true_iou(full, target, valid))
     iou_target[:, 1] = torch.where(on_part, true_iou(full[:, 1:2], part, valid)[:, 0], iou_target[:, 1])
     iou_loss = F.mse_loss(iou_pred, iou_target)
@@ -529,7 +532,8 @@ def train_step(net, optimizer, samples: list[Sample], rng, args, device,
                               args.spill_share)
     click_maps = click_tensor(clicks, size, args.click_radius, device)
     logits, iou = forward(image, click_maps, prev.to(device), box_maps)
-    loss, metrics = total_loss(logits, iou, samples, clicks, size, args.boundary_weight, args.coarse_band)
+    loss, metrics = total_loss(logits, iou, samples, clicks, size, args.boundary_weight, args.coarse_band,
+                               getattr(args, "part_weight", 1.0))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), 2.0)

@@ -243,7 +243,9 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(finetune, tmp
     assert report["steps"] == 4 and report["written"] == str(tmp_path / "b.onnx")
     from sqsam_core import SqueezeSAM
 
-    assert SqueezeSAM(tmp_path / "b.onnx").spec.model_version == report["model_version"]
+    exported, base = SqueezeSAM(tmp_path / "b.onnx").spec, SqueezeSAM().spec
+    assert exported.model_version == report["model_version"]
+    assert exported.hypotheses == base.hypotheses  # a best-of-K base stays best-of-K
     assert report["model_version"].startswith("squeezesam-") and "+ft." in report["model_version"]
 
 

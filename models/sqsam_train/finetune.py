@@ -151,10 +151,13 @@ def run_id(found: datasets.Annotations, args) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:6]
 
 
-def base_version(base_model: Path) -> str:
+def base_spec(base_model: Path):
+    """The base model's :class:`~sqsam_core.contract.ModelSpec`: its version, and what its hypotheses
+    mean, which the fine-tuned model keeps (a best-of-K base stays best-of-K: the runtime keeps
+    choosing a single click's mask by the IoU head)."""
     from sqsam_core.predictor import OnnxBackend
 
-    return OnnxBackend(base_model, threads=1).spec.model_version
+    return OnnxBackend(base_model, threads=1).spec
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -245,7 +248,8 @@ def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
                          f"(one to train on, one to score on)")
     shortid = run_id(found, args)
     base_model = Path(args.base_model) if args.base_model else _bundled_model()
-    version = args.version or f"{base_version(base_model)}+ft.{shortid}"
+    base_model_spec = base_spec(base_model)
+    version = args.version or f"{base_model_spec.model_version}+ft.{shortid}"
     run_dir = Path(args.run_dir) if args.run_dir else Path("sqsam-finetune") / shortid
     out = Path(args.out) if args.out else Path(f"{version}.onnx")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -299,7 +303,7 @@ def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
     log(f"trained {trained['steps']} steps in {trained['seconds'] / 60:.1f} min")
 
     candidate = run_dir / "candidate.onnx"
-    export(net.eval(), candidate, spec_for(net, version))
+    export(net.eval(), candidate, spec_for(net, version, hypotheses=base_model_spec.hypotheses))
     base_report = _cached_score(run_dir / "base-score.json", base_model, held_out, args)
     cand_report = score(candidate, held_out, args.threads, args.max_clicks)
     base, cand = summary(base_report), summary(cand_report)

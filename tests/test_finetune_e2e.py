@@ -130,7 +130,7 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def test_backend_learns_a_project_model_and_serves_it_to_that_project_only(label_studio, bundled_model, tmp_path):
+def test_backend_learns_a_project_model_and_serves_it_to_that_project_only(label_studio, bundled_model, tmp_path):  # noqa: F811 (the imported fixture)
     from sqsam_label_studio.app import Settings, create_app
 
     client = label_studio.client()

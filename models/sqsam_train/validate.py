@@ -6,7 +6,7 @@ The network runs behind :class:`sqsam_core.SqueezeSAM` through a PyTorch backend
 for an exported ``.onnx`` file, faster on CPU), so the numbers come from exactly the
 pre/post-processing and click protocol that serving and ``sqsam eval`` use. Checkpoints are
 picked on these numbers; ``salient_zero_click_iou`` (the first auto-mask object against every
-held-out ECSSD / Human object) stands in for the zero-click bar, whose eval sets are
+held-out ECSSD / Human object) stands in for the zero-click IoU of the eval sets, which are
 salient-object images too. Each JSON line also carries every object's NoC@90, for the paired
 comparison of two models on the same objects (``sqsam_train.compare``).
 """

@@ -405,7 +405,9 @@ def test_compose_profiles_for_dask_and_replicas():
     replica, lb = services["sqsam-replica"], services["sqsam-lb"]
     assert replica["profiles"] == lb["profiles"] == ["replicas"]
     assert replica["environment"] == services["sqsam"]["environment"]
-    assert "server sqsam-replica:9090;" in compose["configs"]["sqsam-lb"]["content"]
+    mount = "./deploy/nginx-replicas.conf:/etc/nginx/conf.d/default.conf:ro"
+    assert mount in lb["volumes"]  # a file, not inline `configs: content` (Compose v1 cannot read that)
+    assert "server sqsam-replica:9090;" in (REPO / "deploy" / "nginx-replicas.conf").read_text()
     dockerfile = (REPO / "Dockerfile").read_text()
     assert dockerfile.count("ARG SQSAM_EXTRAS=label-studio") == 2  # both stages; the default image is the backend
     pins = (REPO / "requirements" / "docker.txt").read_text()

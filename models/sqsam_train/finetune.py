@@ -289,11 +289,7 @@ def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
     last = run_dir / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=False) if last.exists() else None
     if state:
-        net.load_state_dict(state["net"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["numpy_rng"]
-        random.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        train.restore_checkpoint(state, net, optimizer, rng)
         log(f"resumed from {last} at step {state['step']} ({state.get('elapsed', 0) / 60:.1f} min trained)")
     try:
         trained = train_for(net, optimizer, maker, rng, run_dir, args, state, not args.no_progress)

@@ -401,6 +401,15 @@ def save_checkpoint(path: Path, net, optimizer, step: int, rng: np.random.Genera
     tmp.replace(path)
 
 
+def restore_checkpoint(state: dict, net, optimizer, rng: np.random.Generator) -> None:
+    """Put a :func:`save_checkpoint` state back: weights, optimiser and every RNG (exact resume)."""
+    net.load_state_dict(state["net"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng.bit_generator.state = state["numpy_rng"]
+    random.setstate(state["python_rng"])
+    torch.set_rng_state(state["torch_rng"])
+
+
 def learning_rate_factor(step: int, total: int, warmup: int, schedule: str = "cosine",
                          progress: float | None = None) -> float:
     """Multiplier of the base learning rate at ``step``: linear warm-up, then cosine or constant.
@@ -568,11 +577,7 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     elapsed_before = 0.0
     if state:
-        net.load_state_dict(state["net"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["numpy_rng"]
-        random.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_checkpoint(state, net, optimizer, rng)
         elapsed_before = state.get("elapsed", 0.0)
         print(f"resumed from {last} at step {step}")
     elif args.init:

@@ -38,8 +38,8 @@ from typing import Any, Callable, Iterator
 import cv2
 import numpy as np
 
-from sqsam_core.errors import SqsamError
-from sqsam_core.evaluation import IGNORE_VALUE, IMAGE_SUFFIXES, EvalObject, evaluate, image_stem_for_mask
+from sqsam_core.errors import InvalidImageError, SqsamError
+from sqsam_core.evaluation import EvalObject, evaluate, mask_image_pairs, read_mask
 
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 
@@ -154,30 +154,22 @@ def _json_kind(data: Any, path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def read_mask_png(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(object, ignore)`` of a mask PNG (255 object, 128 ignore); ignore is None when it has none."""
-    raw = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if raw is None:
-        raise DatasetError(f"{path}: not a readable PNG mask")
-    ignore = raw == IGNORE_VALUE
-    return raw > IGNORE_VALUE, (ignore if ignore.any() else None)
-
-
 def read_folder(root: Path) -> Annotations:
     """Images and masks of an ``images/`` + ``masks/`` folder, images in sorted order."""
-    images = {p.stem: p for p in sorted((root / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     found: dict[str, AnnotatedImage] = {}
     skipped = []
-    for mask_path in sorted((root / "masks").glob("*.png")):
-        stem = image_stem_for_mask(mask_path.stem, set(images))
-        if stem is None:
+    for mask_path, image_path in mask_image_pairs(root):
+        if image_path is None:
             skipped.append(f"{mask_path.name}: no image of that name in images/")
             continue
-        mask, ignore = read_mask_png(mask_path)
+        try:
+            mask, ignore = read_mask(mask_path)
+        except InvalidImageError as exc:
+            raise DatasetError(str(exc)) from None
         if not mask.any():
             skipped.append(f"{mask_path.name}: empty mask")
             continue
-        entry = found.setdefault(stem, AnnotatedImage(stem, images[stem]))
+        entry = found.setdefault(image_path.stem, AnnotatedImage(image_path.stem, image_path))
         entry.objects.append(AnnotatedObject(mask_path.stem, mask, ignore))
     return Annotations("folder", [found[k] for k in sorted(found)], skipped)
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from sqsam_core import geometry
-from sqsam_core.errors import SqsamError
+from sqsam_core.errors import InvalidImageError, SqsamError
 from sqsam_core.imageio import load_image
 
 THRESHOLDS = (0.85, 0.90)
@@ -54,22 +54,40 @@ def image_stem_for_mask(mask_stem: str, image_stems: set[str]) -> str | None:
     return None
 
 
+def read_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(object, ignore)`` (H, W) bool of a mask PNG: above 128 object, 128 ignore; ``ignore`` is
+    None when the mask has no ignore pixel. Raises :class:`InvalidImageError` if unreadable."""
+    try:
+        with Image.open(path) as im:
+            raw = np.asarray(im.convert("L"))
+    except (OSError, ValueError) as exc:
+        raise InvalidImageError(f"{path}: not a readable mask image ({exc})") from None
+    ignore = raw == IGNORE_VALUE
+    return raw > IGNORE_VALUE, (ignore if ignore.any() else None)
+
+
+def mask_image_pairs(dataset_dir: str | Path) -> Iterator[tuple[Path, Path | None]]:
+    """Every ``masks/*.png`` of a data set folder in sorted order, with the ``images/`` file it
+    belongs to (:func:`image_stem_for_mask`), or None when no image matches."""
+    root = Path(dataset_dir)
+    images = {p.stem: p for p in sorted((root / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    stems = set(images)
+    for mask_path in sorted((root / "masks").glob("*.png")):
+        stem = image_stem_for_mask(mask_path.stem, stems)
+        yield mask_path, (images[stem] if stem is not None else None)
+
+
 def iter_dataset(dataset_dir: str | Path, limit: int | None = None) -> Iterator[EvalObject]:
     """Objects of a data set folder, in sorted mask order. Raises FileNotFoundError if malformed."""
     root = Path(dataset_dir)
     if not (root / "images").is_dir() or not (root / "masks").is_dir():
         raise FileNotFoundError(f"{root} must hold images/ and masks/")
-    images = {p.stem: p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     count = 0
-    for mask_path in sorted((root / "masks").glob("*.png")):
-        stem = image_stem_for_mask(mask_path.stem, set(images))
-        if stem is None:
+    for mask_path, image_path in mask_image_pairs(root):
+        if image_path is None:
             continue
-        image = load_image(images[stem])
-        with Image.open(mask_path) as im:
-            raw = np.asarray(im.convert("L"))
-        ignore = raw == IGNORE_VALUE
-        yield EvalObject(mask_path.stem, image, raw > IGNORE_VALUE, ignore if ignore.any() else None)
+        gt, ignore = read_mask(mask_path)
+        yield EvalObject(mask_path.stem, load_image(image_path), gt, ignore)
         count += 1
         if limit is not None and count >= limit:
             return

@@ -22,6 +22,7 @@ from PIL import Image
 
 from sqsam_core import geometry
 from sqsam_core.errors import SqsamError
+from sqsam_core.evaluation import read_mask
 from sqsam_core.imageio import load_image
 
 MIN_PART_SHARE = 0.02  # parts smaller than this share of their object are not clicked
@@ -52,7 +53,7 @@ def iter_part_clicks(dataset_dir: str | Path, limit: int | None = None
                      ) -> Iterator[tuple[str, np.ndarray, np.ndarray, list[np.ndarray]]]:
     """``(stem, image (H, W, 3) uint8, whole (H, W) bool, parts)`` per labelled image, sorted by stem.
 
-    The whole object is ``masks/<stem>.png`` > 127 where present, else ``label > 0``.
+    The whole object is ``masks/<stem>.png`` (:func:`evaluation.read_mask`) where present, else ``label > 0``.
     """
     root = Path(dataset_dir)
     images = {p.stem: p for p in (root / "images").iterdir()} if (root / "images").is_dir() else {}
@@ -68,8 +69,7 @@ def iter_part_clicks(dataset_dir: str | Path, limit: int | None = None
         whole, parts = part_masks(labels)
         mask_path = root / "masks" / label_path.name
         if mask_path.is_file():
-            with Image.open(mask_path) as im:
-                whole = np.asarray(im.convert("L")) > 127
+            whole = read_mask(mask_path)[0]
         yield label_path.stem, load_image(images[label_path.stem]), whole, parts
 
 

@@ -362,13 +362,16 @@ def total_loss(logits, iou_pred, samples, clicks, size, boundary_weight: float =
                              device=logits.device)
     on_part = ambiguous & torch.tensor([s.part is not None for s in samples], device=logits.device)
     per_target = mask_losses(full, target, counted, boundary_weight)  # (B, K)
-    per_whole = mask_losses(full, whole, counted, boundary_weight)
-    per_part = mask_losses(full, part, counted, boundary_weight)
+    iou_target = true_iou(full, target, valid)
     other = OTHER_HYPOTHESIS_WEIGHT * per_target[:, 1:].sum(dim=1)
-    part_and_whole = per_whole[:, 0] + part_weight * per_part[:, 1] + OTHER_HYPOTHESIS_WEIGHT * per_whole[:, 2]
-    chosen = torch.where(on_part, part_and_whole, torch.where(ambiguous, per_target[:, 0] + other, per_target[:, 0]))
-    iou_target = torch.where(on_part[:, None], true_iou(full, whole, valid), true_iou(full, target, valid))
-    iou_target[:, 1] = torch.where(on_part, true_iou(full[:, 1:2], part, valid)[:, 0], iou_target[:, 1])
+    chosen = torch.where(ambiguous, per_target[:, 0] + other, per_target[:, 0])
+    if on_part.any():  # a batch without a click on a known part needs no whole/part terms
+        per_whole = mask_losses(full, whole, counted, boundary_weight)
+        per_part = mask_losses(full, part, counted, boundary_weight)
+        part_and_whole = per_whole[:, 0] + part_weight * per_part[:, 1] + OTHER_HYPOTHESIS_WEIGHT * per_whole[:, 2]
+        chosen = torch.where(on_part, part_and_whole, chosen)
+        iou_target = torch.where(on_part[:, None], true_iou(full, whole, valid), iou_target)
+        iou_target[:, 1] = torch.where(on_part, true_iou(full[:, 1:2], part, valid)[:, 0], iou_target[:, 1])
     iou_loss = F.mse_loss(iou_pred, iou_target)
     loss = chosen.mean() + iou_loss
     metrics = {"loss": loss.item(), "mask_loss": chosen.mean().item(), "iou_loss": iou_loss.item(),

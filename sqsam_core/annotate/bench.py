@@ -24,33 +24,25 @@ from pathlib import Path
 
 import numpy as np
 
-from sqsam_core.annotate.inputs import IMAGE_SUFFIXES
-
-IGNORE = 128
-
 
 def ground_truth(dataset_dir: str | os.PathLike, names: list[str] | None = None) -> list[tuple[Path, Path]]:
     """``(image, mask)`` pairs of a data set folder (``images/``, ``masks/`` with one mask per
     image named like it), sorted by image name; ``names``: only these image file names."""
-    from sqsam_core.evaluation import image_stem_for_mask
+    from sqsam_core.evaluation import mask_image_pairs
 
-    root = Path(dataset_dir)
-    images = {p.stem: p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    pairs = {}
-    for mask in sorted((root / "masks").glob("*.png")):
-        stem = image_stem_for_mask(mask.stem, set(images))
-        if stem is not None and stem not in pairs and (names is None or images[stem].name in names):
-            pairs[stem] = (images[stem], mask)
-    return [pairs[s] for s in sorted(pairs, key=lambda s: images[s].name)]
+    pairs: dict[str, tuple[Path, Path]] = {}
+    for mask, image in mask_image_pairs(dataset_dir):
+        if image is not None and image.name not in pairs and (names is None or image.name in names):
+            pairs[image.name] = (image, mask)
+    return [pairs[name] for name in sorted(pairs)]
 
 
 def read_gt(mask_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``(object, ignore)`` (H, W) bool masks: 255 = object, 128 = ignore band."""
-    from PIL import Image
+    """``(object, ignore)`` (H, W) bool masks: 255 = object, 128 = ignore band (all False if none)."""
+    from sqsam_core.evaluation import read_mask
 
-    with Image.open(mask_path) as im:
-        raw = np.asarray(im.convert("L"))
-    return raw > IGNORE, raw == IGNORE
+    obj, ignore = read_mask(mask_path)
+    return obj, (ignore if ignore is not None else np.zeros_like(obj))
 
 
 def write_gt_boxes(pairs: list[tuple[Path, Path]], out: str | os.PathLike, with_band: bool = True,

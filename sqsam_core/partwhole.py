@@ -80,6 +80,13 @@ def evaluate_parts(model, dataset_dir: str | Path, limit: int | None = None, pro
         from tqdm import tqdm
 
         items = tqdm(items, desc="part clicks", unit="img", dynamic_ncols=True)
+    return evaluate_part_clicks(model, items, Path(dataset_dir).name)
+
+
+def evaluate_part_clicks(model, items, dataset: str) -> dict:
+    """Part clicks on ``items``, ``(name, image (H, W, 3) uint8, whole (H, W) bool, parts)`` each
+    with every part ``(H, W)`` bool (as :func:`iter_part_clicks` yields them): the report of
+    :func:`evaluate_parts`, named ``dataset``."""
     rows = []
     for stem, image, whole, parts in items:
         prepared = model.prepare(image)
@@ -95,11 +102,11 @@ def evaluate_parts(model, dataset_dir: str | Path, limit: int | None = None, pro
                 "best_of_k_part_iou": max(geometry.mask_iou(m, part) for m in as_part.masks),
             })
     if not rows:
-        raise SqsamError(f"{dataset_dir}: no part clicks "
+        raise SqsamError(f"{dataset}: no part clicks "
                          f"(labels/ with parts over {MIN_PART_SHARE:.0%} of their object)")
     column = {key: np.array([r[key] for r in rows]) for key in ("whole_iou", "part_iou", "best_of_k_part_iou")}
     return {
-        "dataset": Path(dataset_dir).name,
+        "dataset": dataset,
         "model_version": model.spec.model_version,
         "part_clicks": len(rows),
         "images": len({r["image"] for r in rows}),

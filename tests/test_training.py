@@ -178,6 +178,37 @@ def test_one_click_without_a_known_part_trains_hypothesis_zero_most_and_zero_pro
     assert zero_prompt_right["mask_loss"] < 0.1 < 1.0 < zero_prompt_wrong["mask_loss"]
 
 
+def test_a_best_of_k_model_trains_whichever_hypothesis_is_best_on_a_single_click():
+    """A base without meanings (v22) is fine-tuned as it was trained: any hypothesis may hold the
+    object for one click, and the rounds present the one the IoU head scores best."""
+    size = 16
+    target = np.zeros((size, size), bool)
+    target[4:12, 4:12] = True
+    valid = np.ones((size, size), bool)
+
+    def logits_with_object_on(index: int) -> torch.Tensor:
+        logits = torch.full((1, 3, size // 2, size // 2), -8.0)
+        logits[:, index, 2:6, 2:6] = 8.0
+        return logits
+
+    iou = torch.full((1, 3), 0.5)
+    click = Sample(np.zeros((size, size, 3), np.uint8), valid, target, [(8.0, 8.0, True)], None, "clicks")
+    two = Sample(np.zeros((size, size, 3), np.uint8), valid, target, [(8.0, 8.0, True), (5.0, 5.0, True)], None,
+                 "clicks")
+    on = {i: train.total_loss(logits_with_object_on(i), iou, [click], [click.clicks], size, hypotheses=())[1]
+          for i in range(3)}
+    assert on[0]["mask_loss"] == pytest.approx(on[2]["mask_loss"], abs=1e-4)
+    assert on[2]["mask_loss"] < 0.1
+    # two clicks are specific: hypothesis 0 must hold the object whatever the convention
+    _, specific = train.total_loss(logits_with_object_on(2), iou, [two], [two.clicks], size, hypotheses=())
+    assert specific["mask_loss"] > 1.0
+    scores = torch.tensor([[0.2, 0.3, 0.9]])
+    prob = train.chosen_probability(logits_with_object_on(2), scores, [click.clicks], [click], size, hypotheses=())
+    assert prob[0, 0, 8, 8] > 0.99  # the IoU head's pick
+    prob = train.chosen_probability(logits_with_object_on(2), scores, [click.clicks], [click], size)
+    assert prob[0, 0, 8, 8] < 0.01  # with meanings, hypothesis 0 ("whole")
+
+
 def test_boundary_weight_makes_errors_at_the_edge_cost_more_than_errors_inside():
     size = 32
     target = torch.zeros(1, 1, size, size)
@@ -726,3 +757,34 @@ def test_occlusion_pastes_a_foreign_object_and_takes_its_pixels_out_of_the_targe
             assert (out[covered] == (40, 40, 220)).all()  # the occluder's pixels stand where the target lost its own
             assert (out[target] == (200, 40, 40)).all()
     assert occluded >= 8
+
+
+def test_validation_adds_part_clicks_on_held_out_people_and_an_unseen_domain(tmp_path):
+    from PIL import Image
+
+    from sqsam_core.predictor import SqueezeSAM
+    from sqsam_train.validate import part_items, part_summary, unseen_objects, unseen_summary
+
+    labels = np.zeros((96, 116), np.uint8)
+    labels[10:40, 20:70] = 1  # two parts of one object, each well over 2 % of it
+    labels[40:80, 20:70] = 2
+    image = np.full((96, 116, 3), 30, np.uint8)
+    image[labels == 1] = (220, 60, 60)
+    image[labels == 2] = (60, 60, 220)
+    person = Entry("CCP/a", image, [labels > 0], [labels == 1, labels == 2])
+    items = part_items({"CCP": ([], [person]), "ECSSD": ([], [Entry("ECSSD/b", image, [labels > 0])])}, per_set=5)
+    assert [name for name, *_ in items] == ["CCP/a"]  # only the part-labelled set's held-out people
+    model = SqueezeSAM(threads=1)
+    parts = part_summary(model, items)
+    assert parts["part_clicks"] == 2 and 0.0 <= parts["part_iou"] <= parts["best_of_k_part_iou"] <= 1.0
+    assert parts["whole_iou"] > 0.5  # a click on either half selects most of the object by default
+    assert part_summary(model, []) is None
+
+    for sub in ("images", "masks"):
+        (tmp_path / "road" / sub).mkdir(parents=True)
+    Image.fromarray(image).save(tmp_path / "road" / "images" / "f1.png")
+    Image.fromarray(((labels > 0) * 255).astype(np.uint8)).save(tmp_path / "road" / "masks" / "f1_1.png")
+    objects = unseen_objects(tmp_path / "road", limit=10)
+    assert len(objects) == 1 and unseen_objects(tmp_path / "missing", limit=10) == []
+    unseen = unseen_summary(model, objects, max_clicks=5)
+    assert unseen["objects"] == 1 and unseen["mIoU@1"] > 0.5 and 1 <= unseen["NoC@90"] <= 5

@@ -10,7 +10,8 @@ Input: a COCO instances JSON, a Label Studio JSON export or an ``images/`` + ``m
    deterministic by name; ``--holdout``) and trains on the rest;
 2. starts from the shipped model's float16 weights (:data:`BASE_WEIGHTS`) and trains with the
    training recipe's own step (``train.train_step``: RITM-style corrective clicks, damaged
-   previous masks, best-of-K loss) at a small learning rate, cosine over ``--minutes`` of wall
+   previous masks, and the base's own convention for a single click: hypotheses with meanings,
+   or best-of-K for a base without them, such as v22) at a small learning rate, cosine over ``--minutes`` of wall
    clock (or over ``--steps``). With ``--data`` a share of the general training sets
    (``../shared/data/train``) is mixed in, which limits forgetting;
 3. exports the result under the model contract (``model_version`` ``<base>+ft.<id>``, or
@@ -281,7 +282,8 @@ def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
     args.train_args = SimpleNamespace(crop=args.recipe.crop, click_radius=DEFAULT_CLICK_RADIUS, amp=args.recipe.amp,
                                       corrupt_share=args.recipe.corrupt_share, spill_share=0.0, boundary_weight=0.0,
                                       coarse_band=0, lr=args.recipe.lr, backbone_lr_scale=args.recipe.backbone_lr_scale,
-                                      seed=args.seed, source=str(args.source))
+                                      seed=args.seed, source=str(args.source),
+                                      hypotheses=base_model_spec.hypotheses)
     optimizer = train.make_optimizer(net, args.train_args)
     rng = np.random.default_rng(args.seed)
     random.seed(args.seed)

@@ -18,7 +18,10 @@ on hypothesis 0 for the target, plus, for an ambiguous prompt (``contract.is_amb
 exactly one click, no box), the meanings of ``contract.HYPOTHESES``: a click on a known part
 (``Sample.part``) trains hypothesis 0 on the whole object and hypothesis 1 on the part; any other
 single click trains hypotheses 1 and 2 on the target at weight ``OTHER_HYPOTHESIS_WEIGHT``. Plus
-MSE between the IoU head and each hypothesis's true IoU with what it is trained for. Options:
+MSE between the IoU head and each hypothesis's true IoU with what it is trained for. A model
+without meanings (``args.hypotheses`` empty: best-of-K, as v22 was trained and as ``sqsam finetune``
+keeps such a base) trains the best of its K hypotheses on an ambiguous prompt instead, and the
+rounds present the hypothesis its IoU head scores best, as the runtime does. Options:
 ``--boundary-weight`` weights
 a band around every target's boundary up; ``--coarse-band`` ignores one on sets with coarse masks.
 
@@ -188,12 +191,13 @@ def aims_at_part(sample: Sample) -> bool:
 
 
 def chosen_probability(logits: torch.Tensor, iou: torch.Tensor, clicks: list[list], samples: list[Sample],
-                       size: int) -> torch.Tensor:
+                       size: int, hypotheses: tuple[str, ...] = HYPOTHESES) -> torch.Tensor:
     """(B, 1, size, size) probability of the hypothesis the runtime would present (granularity
-    "part" for samples that aim at a part, "whole" otherwise)."""
+    "part" for samples that aim at a part, "whole" otherwise) in a model whose hypotheses mean
+    ``hypotheses`` (empty: best-of-K)."""
     iou = iou.cpu()
     picks = [choose_hypothesis(iou[i].numpy(), len(clicks[i]), samples[i].box is not None,
-                               "part" if aims_at_part(samples[i]) else "whole", HYPOTHESES)
+                               "part" if aims_at_part(samples[i]) else "whole", hypotheses)
              for i in range(len(samples))]
     chosen = logits[torch.arange(len(samples)), picks][:, None]
     return torch.sigmoid(upsample(chosen, size))
@@ -349,9 +353,13 @@ def _stack(samples: list[Sample], field: str, device) -> torch.Tensor:
 
 
 def total_loss(logits, iou_pred, samples, clicks, size, boundary_weight: float = 0.0,
-               coarse_band: int = 0, part_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+               coarse_band: int = 0, part_weight: float = 1.0,
+               hypotheses: tuple[str, ...] = HYPOTHESES) -> tuple[torch.Tensor, dict[str, float]]:
     """Mask loss of the hypotheses by their meaning (module docstring) plus the IoU head's MSE;
-    ``part_weight`` scales hypothesis 1's loss on a click on a known part."""
+    ``part_weight`` scales hypothesis 1's loss on a click on a known part. ``hypotheses`` empty:
+    best-of-K (:func:`best_of_k_loss`)."""
+    if not hypotheses:
+        return best_of_k_loss(logits, iou_pred, samples, clicks, size, boundary_weight, coarse_band)
     full = upsample(logits, size)
     target = _stack(samples, "target", logits.device)
     whole = _stack(samples, "whole", logits.device)
@@ -379,6 +387,26 @@ def total_loss(logits, iou_pred, samples, clicks, size, boundary_weight: float =
     if on_part.any():
         metrics["part_iou"] = iou_target[on_part, 1].mean().item()
     return loss, metrics
+
+
+def best_of_k_loss(logits, iou_pred, samples, clicks, size, boundary_weight: float = 0.0,
+                   coarse_band: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of a model without meanings: an ambiguous prompt trains the best of the K hypotheses on
+    the target, any other prompt hypothesis 0; plus the IoU head's MSE against every hypothesis's
+    true IoU (with which the runtime picks one)."""
+    full = upsample(logits, size)
+    target = _stack(samples, "target", logits.device)
+    valid = torch.from_numpy(np.stack([s.valid for s in samples])[:, None].astype(np.float32)).to(logits.device)
+    per_target = mask_losses(full, target, loss_valid(samples, valid, target, coarse_band), boundary_weight)
+    ambiguous = torch.tensor([is_ambiguous_prompt(len(c), s.box is not None) for c, s in zip(clicks, samples)],
+                             device=logits.device)
+    chosen = torch.where(ambiguous, per_target.min(dim=1).values, per_target[:, 0])
+    iou_target = true_iou(full, target, valid)
+    iou_loss = F.mse_loss(iou_pred, iou_target)
+    loss = chosen.mean() + iou_loss
+    best_iou = torch.where(ambiguous, iou_target.max(dim=1).values, iou_target[:, 0])
+    return loss, {"loss": loss.item(), "mask_loss": chosen.mean().item(), "iou_loss": iou_loss.item(),
+                  "iou": best_iou.mean().item()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,7 +534,9 @@ def train_step(net, optimizer, samples: list[Sample], rng, args, device,
     """One optimiser step on ``samples``. ``batched_rule`` (default: on CUDA only) runs the
     corrective-click rule batched on the device (``batched_clicks``) instead of per sample on the CPU.
     With ``args.amp`` the network's passes run in bfloat16 autocast; their outputs are cast back to
-    float32 before the click rule and the loss."""
+    float32 before the click rule and the loss. ``args.hypotheses`` (default ``HYPOTHESES``): what
+    the model's hypotheses mean; empty for a best-of-K model."""
+    hypotheses = tuple(getattr(args, "hypotheses", HYPOTHESES))
     def forward(*inputs):
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=args.amp):
             logits, iou = net(*inputs)
@@ -530,7 +560,7 @@ def train_step(net, optimizer, samples: list[Sample], rng, args, device,
             for _ in range(rounds):
                 click_maps = click_tensor(clicks, size, args.click_radius, device)
                 logits, iou = forward(image, click_maps, prev.to(device), box_maps)
-                prob = chosen_probability(logits, iou, clicks, samples, size)
+                prob = chosen_probability(logits, iou, clicks, samples, size, hypotheses)
                 if batched_rule:  # the previous mask stays on the device between rounds
                     prev = prob
                     add_corrective_clicks_batched(prob, samples, clicks, target, valid)
@@ -545,7 +575,7 @@ def train_step(net, optimizer, samples: list[Sample], rng, args, device,
     click_maps = click_tensor(clicks, size, args.click_radius, device)
     logits, iou = forward(image, click_maps, prev.to(device), box_maps)
     loss, metrics = total_loss(logits, iou, samples, clicks, size, args.boundary_weight, args.coarse_band,
-                               getattr(args, "part_weight", 1.0))
+                               getattr(args, "part_weight", 1.0), hypotheses)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), 2.0)

@@ -9,12 +9,22 @@ picked on these numbers; ``salient_zero_click_iou`` (the first auto-mask object 
 held-out ECSSD / Human object) stands in for the zero-click IoU of the eval sets, which are
 salient-object images too. Each JSON line also carries every object's NoC@90, for the paired
 comparison of two models on the same objects (``sqsam_train.compare``).
+
+Two more readings, reported beside the split's and never mixed into it:
+
+* ``parts``: a click at the interior of every part of the held-out people of the part-labelled
+  sets (CCP; :func:`sqsam_core.partwhole.evaluate_part_clicks`): whole-object IoU of the default
+  mask and part IoU of the ``granularity="part"`` mask;
+* ``unseen``: NoC@90 and mIoU@1 on a folder from a domain no training set covers (``--unseen``;
+  default ``project/CamVid-cars/train``: road scenes, which the general model never trains on),
+  to see generalisation rather than fit.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +32,14 @@ import torch
 
 from sqsam_core.config import DATA_HELP, data_root
 from sqsam_core.contract import DEFAULT_INPUT_SIZE
+from sqsam_core.datasets import iter_eval_objects, read_annotations
 from sqsam_core.edges import EdgeRefine
 from sqsam_core.evaluation import EvalObject, clicks_to_reach, evaluate, format_report, summarize, zero_click_iou
+from sqsam_core.partwhole import evaluate_part_clicks
 from sqsam_core.predictor import SqueezeSAM, ZoomIn
 from sqsam_train.band_oracle import evaluate_with_band_oracle
 from sqsam_train.compare import PER_OBJECT
-from sqsam_train.data import SALIENT_SETS, load_training_data, set_name
+from sqsam_train.data import PART_SETS, SALIENT_SETS, load_training_data, set_name
 from sqsam_train.export import TorchBackend, load_checkpoint, spec_for
 from sqsam_train.learned_edges import LearnedEdgeRefine
 
@@ -48,6 +60,37 @@ def salient_zero_click_iou(model: SqueezeSAM, objects: list[EvalObject]) -> floa
     """Mean zero-click IoU (the first auto-mask object) over ``objects``."""
     ious = [zero_click_iou(model, obj.image, obj.gt) for obj in objects]
     return float(np.mean(ious)) if ious else 0.0
+
+
+def part_items(sets: dict, per_set: int) -> list[tuple]:
+    """Up to ``per_set`` held-out people of each part-labelled set, as ``evaluate_part_clicks`` takes them."""
+    return [(entry.name, entry.image, entry.masks[0], entry.parts)
+            for name in PART_SETS if name in sets for entry in sets[name][1][:per_set]]
+
+
+def part_summary(model: SqueezeSAM, items: list[tuple]) -> dict | None:
+    """Whole IoU (default mask) and part IoU (``granularity="part"``) of the part clicks on ``items``."""
+    if not items:
+        return None
+    report = evaluate_part_clicks(model, items, "parts")
+    return {k: round(report[k], 4) for k in ("whole_iou", "part_iou", "best_of_k_part_iou")} | {
+        "part_clicks": report["part_clicks"]}
+
+
+def unseen_summary(model: SqueezeSAM, objects: list[EvalObject], max_clicks: int) -> dict | None:
+    """NoC@85 / NoC@90 / mIoU@1 on the unseen-domain objects."""
+    if not objects:
+        return None
+    report = evaluate(model, objects, max_clicks=max_clicks, zero_click=False, progress=False)
+    return {"NoC@85": round(report["NoC@85"], 3), "NoC@90": round(report["NoC@90"], 3),
+            "mIoU@1": round(report["mIoU@k"][0], 4), "objects": report["objects"]}
+
+
+def unseen_objects(folder: Path | None, limit: int) -> list[EvalObject]:
+    """The first ``limit`` objects of an ``images/`` + ``masks/`` folder (or COCO / LS JSON); none without one."""
+    if folder is None or not folder.exists():
+        return []
+    return list(islice(iter_eval_objects(read_annotations(folder).images), limit))
 
 
 def noc90_per_object(report: dict) -> dict[str, int]:
@@ -98,11 +141,18 @@ def main(argv=None) -> None:
                    help="diagnostic: the ground truth pasted within R px of each mask's boundary (band_oracle)")
     p.add_argument("--edge-net", type=Path, default=None,
                    help="refine edges with this learned edge refiner (.onnx) instead of the guided filter")
+    p.add_argument("--unseen", type=Path, default=None,
+                   help="a folder from a domain no training set covers (default DATA/project/CamVid-cars/train)")
+    p.add_argument("--unseen-limit", type=int, default=100, help="objects of --unseen scored (default 100)")
+    p.add_argument("--no-extra", action="store_true", help="only the split: no part clicks, no unseen domain")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sets = load_training_data(args.data, cache=args.cache)
     objects = validation_objects(sets, args.per_set)
     salient = salient_objects(sets)
+    unseen_dir = args.unseen or args.data / "project" / "CamVid-cars" / "train"
+    parts = [] if args.no_extra else part_items(sets, args.per_set)
+    unseen = [] if args.no_extra else unseen_objects(unseen_dir, args.unseen_limit)
     for ckpt in args.checkpoints:
         zoom = ZoomIn(expansion=args.zoom_expansion, min_side=args.zoom_min_side)
         model = model_for(ckpt, args.input_size, args.threads, zoom_in=None if args.no_zoom else zoom,
@@ -123,6 +173,9 @@ def main(argv=None) -> None:
                           **{k: report[k] for k in ("NoC@85", "NoC@90", "zero_click_iou")},
                           "mIoU@1": report["mIoU@k"][0], "NoC@90_by_set": noc90_by_set(report),
                           "salient_zero_click_iou": salient_zero_click_iou(model, salient),
+                          "parts": part_summary(model, parts),
+                          "unseen": unseen_summary(model, unseen, args.max_clicks) | {"folder": str(unseen_dir)}
+                          if unseen else None,
                           PER_OBJECT: noc90_per_object(report)}), flush=True)
 
 

@@ -14,9 +14,13 @@ COPY models ./models
 COPY integrations ./integrations
 # Every dependency at the version requirements/docker.txt pins (`make constraints` refreshes it).
 # SQSAM_EXTRAS: the extras installed. Default: the backend, ".[label-studio]"; label-studio,dask
-# adds Dask for `sqsam annotate --dask` (docker-compose.yml's "dask" profile builds it so).
+# adds Dask for `sqsam annotate --dask` (docker-compose.yml's "dask" profile builds it so);
+# label-studio,train adds PyTorch, so that the backend fine-tunes project models (docs/finetune.md),
+# taken from TORCH_INDEX, PyTorch's CPU build (PyPI's Linux torch is the CUDA build, several GB).
 ARG SQSAM_EXTRAS=label-studio
-RUN pip wheel --wheel-dir /wheels -c requirements/docker.txt ".[${SQSAM_EXTRAS}]"
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN case ",${SQSAM_EXTRAS}," in *,train,*) set -- --extra-index-url "${TORCH_INDEX}" ;; *) set -- ;; esac \
+    && pip wheel --wheel-dir /wheels "$@" -c requirements/docker.txt ".[${SQSAM_EXTRAS}]"
 
 FROM python:3.11-slim
 ARG SQSAM_EXTRAS=label-studio

@@ -25,6 +25,10 @@ class Recipe:
     amp: bool = False
 
 
+#: Weight-space mixes with the base tried after training (``--mix``), each scored on the held-out images.
+DEFAULT_MIXES = (0.5, 1.0)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -33,6 +37,17 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def _mixes(text: str) -> tuple[float, ...]:
+    message = f"expected numbers in (0, 1] separated by commas, got {text!r}"
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(message)
+    return tuple(sorted(set(values)))
 
 
 def _share(text: str) -> float:
@@ -61,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "forgetting")
     p.add_argument("--holdout", type=_share, default=0.2, help="share of the images held out for scoring (default 0.2)")
     p.add_argument("--force", action="store_true", help="write the model even when it scores worse than the base")
+    p.add_argument("--mix", type=_mixes, default=DEFAULT_MIXES, metavar="M[,M...]",
+                   help="weights tried, base + M x (fine-tuned - base), each scored on the held-out images; "
+                        f"the best is the candidate (default {','.join(f'{m:g}' for m in DEFAULT_MIXES)})")
     p.add_argument("--version", default=None, help="model_version to write (default <base version>+ft.<id>)")
     p.add_argument("--base-model", default=None, metavar="ONNX",
                    help="the model to beat on the held-out images (default: the bundled model)")

@@ -172,7 +172,8 @@ class ProjectModels:
         state = self.state(project)
         state.update({"model_file": target.name, "model_version": version, "number": number,
                       "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "held_out": {"base": report.get("base"), "candidate": report.get("candidate")}})
+                      "held_out": {"base": report.get("base"), "candidate": report.get("candidate"),
+                                   "mix": report.get("mix")}})
         self.write_state(project, state)
         if previous is not None and previous != target:
             previous.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,6 +25,8 @@ from .errors import LabelStudioError
 ENV_BIN = "SQSAM_LABEL_STUDIO_BIN"
 #: The one name of Label Studio's own venv (the Makefile, the demo and the tests use it).
 LS_VENV = ".venv-label-studio"
+#: Files per import request (Label Studio's DATA_UPLOAD_MAX_NUMBER_FILES is 100 by default).
+IMPORT_BATCH = 50
 #: How to build that venv by hand, from the constraints the repository commits.
 LS_INSTALL = (f"python -m venv {LS_VENV} && {LS_VENV}/bin/pip install "
               "-c requirements/label-studio.txt -r requirements/label-studio.in")
@@ -180,20 +183,20 @@ class LabelStudioClient:
         return int(self._call("POST", "/api/projects", json=payload)["id"])
 
     def import_images(self, project_id: int, paths: Iterable[str | os.PathLike]) -> list[int]:
-        files = []
-        handles = []
-        try:
-            for n, path in enumerate(paths):
-                path = Path(path)
-                handle = open(path, "rb")
-                handles.append(handle)
+        """Upload image files as tasks, ``IMPORT_BATCH`` files per request (Label Studio refuses a
+        request with more than ``DATA_UPLOAD_MAX_NUMBER_FILES``, 100 by default); the new task ids."""
+        paths = [Path(p) for p in paths]
+        ids: list[int] = []
+        for start in range(0, len(paths), IMPORT_BATCH):
+            batch = paths[start:start + IMPORT_BATCH]
+            with ExitStack() as stack:
                 # one form field per file: Label Studio reads one file per field name
-                files.append((f"file{n}", (path.name, handle, mimetypes.guess_type(path.name)[0] or "image/jpeg")))
-            result = self._call("POST", f"/api/projects/{project_id}/import?return_task_ids=true", files=files)
-        finally:
-            for handle in handles:
-                handle.close()
-        return [int(t) for t in (result or {}).get("task_ids", [])] or self.task_ids(project_id)
+                files = [(f"file{n}", (path.name, stack.enter_context(open(path, "rb")),
+                                       mimetypes.guess_type(path.name)[0] or "image/jpeg"))
+                         for n, path in enumerate(batch)]
+                result = self._call("POST", f"/api/projects/{project_id}/import?return_task_ids=true", files=files)
+            ids += [int(t) for t in (result or {}).get("task_ids", [])]
+        return ids or self.task_ids(project_id)
 
     def task_ids(self, project_id: int) -> list[int]:
         tasks = self._call("GET", f"/api/tasks?project={project_id}&page_size=1000")

@@ -516,8 +516,21 @@ class ParallelSamples:
         self.pending.append(self._submit())
         return ready
 
-    def close(self) -> None:
-        self.pool.terminate()
+    def close(self, timeout: float = 120.0) -> None:
+        """Let the batches in flight finish, then stop the workers. ``Pool.terminate`` while the
+        pool's task handler is still feeding tasks can deadlock on the task queue's lock (its
+        thread waits forever to write); with nothing in flight the workers exit cleanly. Workers
+        that do not finish within ``timeout`` seconds are terminated."""
+        deadline = time.monotonic() + timeout
+        for pending in self.pending:
+            pending.wait(max(0.0, deadline - time.monotonic()))
+        finished = all(pending.ready() for pending in self.pending)
+        self.pending = []
+        if finished:
+            self.pool.close()
+            self.pool.join()
+        else:
+            self.pool.terminate()
 
 
 def round_probabilities(single_click_share: float | None = None) -> np.ndarray:

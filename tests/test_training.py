@@ -155,16 +155,26 @@ def test_export_matches_torch_and_runs_in_the_runtime(net, tmp_path):
     assert geometry.mask_iou(a.mask, b.mask) > 0.98
 
 
-def test_one_click_without_a_known_part_trains_hypothesis_zero_most_and_zero_prompt_only_it():
-    size = 16
-    target = np.zeros((size, size), bool)
-    target[4:12, 4:12] = True
-    valid = np.ones((size, size), bool)
+SQUARE_SIZE = 16
 
-    def logits_with_object_on(index: int) -> torch.Tensor:
-        logits = torch.full((1, 3, size // 2, size // 2), -8.0)
-        logits[:, index, 2:6, 2:6] = 8.0  # hypothesis `index` is the object, the others are empty
-        return logits
+
+def square_target() -> tuple[np.ndarray, np.ndarray]:
+    """(target, valid), (16, 16) bool: an 8 x 8 object in the middle, every pixel valid."""
+    target = np.zeros((SQUARE_SIZE, SQUARE_SIZE), bool)
+    target[4:12, 4:12] = True
+    return target, np.ones((SQUARE_SIZE, SQUARE_SIZE), bool)
+
+
+def logits_with_object_on(index: int) -> torch.Tensor:
+    """(1, 3, 8, 8) logits at stride 2: hypothesis ``index`` is :func:`square_target`'s object, the others empty."""
+    logits = torch.full((1, 3, SQUARE_SIZE // 2, SQUARE_SIZE // 2), -8.0)
+    logits[:, index, 2:6, 2:6] = 8.0
+    return logits
+
+
+def test_one_click_without_a_known_part_trains_hypothesis_zero_most_and_zero_prompt_only_it():
+    size = SQUARE_SIZE
+    target, valid = square_target()
 
     iou = torch.full((1, 3), 0.5)
     click = Sample(np.zeros((size, size, 3), np.uint8), valid, target, [(8.0, 8.0, True)], None, "clicks")
@@ -181,15 +191,8 @@ def test_one_click_without_a_known_part_trains_hypothesis_zero_most_and_zero_pro
 def test_a_best_of_k_model_trains_whichever_hypothesis_is_best_on_a_single_click():
     """A base without meanings (v22) is fine-tuned as it was trained: any hypothesis may hold the
     object for one click, and the rounds present the one the IoU head scores best."""
-    size = 16
-    target = np.zeros((size, size), bool)
-    target[4:12, 4:12] = True
-    valid = np.ones((size, size), bool)
-
-    def logits_with_object_on(index: int) -> torch.Tensor:
-        logits = torch.full((1, 3, size // 2, size // 2), -8.0)
-        logits[:, index, 2:6, 2:6] = 8.0
-        return logits
+    size = SQUARE_SIZE
+    target, valid = square_target()
 
     iou = torch.full((1, 3), 0.5)
     click = Sample(np.zeros((size, size, 3), np.uint8), valid, target, [(8.0, 8.0, True)], None, "clicks")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,14 +64,26 @@ def compare(baseline: dict, candidate: dict, seed: int = 0, only_set: str | None
     if len(names) < 2:
         raise ValueError("fewer than two objects in common: were both scored on the same split?")
     change = np.array([candidate[PER_OBJECT][n] - baseline[PER_OBJECT][n] for n in names], float)
-    if np.all(change == change[0]):  # no spread: every resample gives the same mean
-        interval = (float(change[0]), float(change[0]))
-    else:
-        ci = bootstrap((change,), np.mean, confidence_level=0.95, n_resamples=10_000, method="BCa",
-                       random_state=np.random.default_rng(seed)).confidence_interval
-        interval = (float(ci.low), float(ci.high))
+    interval = mean_interval(change, seed=seed)
     return Comparison(candidate.get("checkpoint", "?"), len(names), float(change.mean()), interval,
                       int((change < 0).sum()), int((change > 0).sum()))
+
+
+def mean_interval(change: np.ndarray, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the mean of paired per-object changes ``change`` (shape ``(N,)``):
+    ``scipy.stats.bootstrap``, BCa, 10,000 resamples over objects; the percentile method where BCa
+    is undefined (a handful of objects). No spread gives the single value as both ends."""
+    change = np.asarray(change, float)
+    if np.all(change == change[0]):  # every resample gives the same mean
+        return float(change[0]), float(change[0])
+    for method in ("BCa", "percentile"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ci = bootstrap((change,), np.mean, confidence_level=confidence, n_resamples=10_000, method=method,
+                           random_state=np.random.default_rng(seed)).confidence_interval
+        if np.isfinite(ci.low) and np.isfinite(ci.high):
+            break
+    return float(ci.low), float(ci.high)
 
 
 def format_comparison(c: Comparison) -> str:

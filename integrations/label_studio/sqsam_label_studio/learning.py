@@ -97,6 +97,14 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def held_out_scores(report: dict) -> dict:
+    """What ``/health`` shows of a fine-tune's report (``sqsam_train.finetune``): the served and the
+    candidate model's held-out scores, the chosen weight mix, and the change per object against
+    the served model with its intervals."""
+    return {"base": report.get("base"), "candidate": report.get("candidate"), "mix": report.get("mix"),
+            "change": report.get("change")}
+
+
 def _project_key(project_id: Any) -> str | None:
     """A project id as a folder-safe string of digits, or None."""
     text = str(project_id).split(".", 1)[0].strip()
@@ -172,8 +180,7 @@ class ProjectModels:
         state = self.state(project)
         state.update({"model_file": target.name, "model_version": version, "number": number,
                       "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "held_out": {"base": report.get("base"), "candidate": report.get("candidate"),
-                                   "mix": report.get("mix")}})
+                      "held_out": held_out_scores(report)})
         self.write_state(project, state)
         if previous is not None and previous != target:
             previous.unlink(missing_ok=True)
@@ -428,13 +435,14 @@ class Learner:
             self.models.install(project, candidate, version, number, report)
             logger.info("project %s: now serving %s (held-out %s)", project, version, report.get("candidate"))
             return {"status": "installed", "model_version": version, "minutes": minutes,
-                    "held_out": {"base": report.get("base"), "candidate": report.get("candidate")}}
+                    "held_out": held_out_scores(report)}
         candidate.unlink(missing_ok=True)
         if code == EXIT_WORSE:
             why = (f"the fine-tuned model is worse than the one served on the held-out tasks "
-                   f"(candidate {report.get('candidate')}, served {report.get('base')}); kept the served model")
+                   f"(candidate {report.get('candidate')}, served {report.get('base')}, change per object "
+                   f"{report.get('change')}); kept the served model")
             logger.warning("project %s: fine-tune %d: %s", project, number, why)
-            return {"status": "worse", "error": why, "minutes": minutes}
+            return {"status": "worse", "error": why, "minutes": minutes, "held_out": held_out_scores(report)}
         how = "timed out" if code is None else (f"was killed by signal {-code}" if code < 0 else f"exited with {code}")
         why = f"the fine-tune {how}; kept the served model. {' | '.join(tail)}"[:2000]
         logger.error("project %s: fine-tune %d: %s", project, number, why)

@@ -352,3 +352,31 @@ def test_mix_option_takes_numbers_in_zero_one(finetune, capsys):
         with pytest.raises(SystemExit):
             finetune.parse_args(["x", "--mix", bad])
     assert "expected numbers in (0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux only (PR_SET_PDEATHSIG)")
+def test_a_run_started_by_the_backend_dies_with_it(finetune, tmp_path):
+    """The backend pauses its fine-tunes with SIGSTOP while clicks are answered; one whose backend
+    died must not stay behind, stopped."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    child = ("import os, signal, time\n"
+             "from sqsam_train.finetune import exit_with_parent\n"
+             "exit_with_parent()\n"
+             "print(os.getpid(), flush=True)\n"
+             "os.kill(os.getpid(), signal.SIGSTOP)\n"  # as the backend pauses it
+             "time.sleep(60)\n")
+    parent = ("import os, subprocess, sys\n"
+              f"p = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE, text=True,\n"
+              "                     env=dict(os.environ, SQSAM_EXIT_WITH_PARENT=str(os.getpid())))\n"
+              "print(p.stdout.readline().strip(), flush=True)\n")  # then the parent exits, the child stopped
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    pid = int(out.stdout.strip())
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]

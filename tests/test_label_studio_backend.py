@@ -16,6 +16,7 @@ import struct
 import threading
 import time
 import zlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -374,6 +375,49 @@ def test_all_clicks_are_used_together_with_negative(client, model):
     reg = client.post("/predict", json=predict_payload([task()], context=ctx)).get_json()["results"][0]["result"][0]
     assert np.array_equal(decode_brush(reg), region(RED))
     assert [c[2] for c in model.calls[-1]["clicks"]] == [True, True, False]
+
+
+def process_state(pid: int) -> str:
+    """One letter from /proc/<pid>/stat: R running, S sleeping, T stopped, Z zombie."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+def test_a_running_fine_tune_pauses_while_a_click_is_answered(fake_ls, tmp_path):
+    import subprocess
+    import sys
+
+    from sqsam_label_studio.learning import TrainSettings
+
+    seen = []
+
+    class Recording(ComponentModel):  # notes the fine-tune's state while it computes a click
+        def predict_history(self, *args, **kwargs):
+            seen.append(process_state(job.pid))
+            return super().predict_history(*args, **kwargs)
+
+    loader = ImageLoader(ls_url=fake_ls.url, api_key=LEGACY)
+    app = create_app(model=Recording(), loader=loader, settings=Settings(),
+                     train_settings=TrainSettings(tmp_path / "models", pause_for_clicks=0.3))
+    learner = app.extensions["sqsam"]["learner"]
+    client = app.test_client()
+    job = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.01)"],
+                           start_new_session=True)  # stands in for a fine-tune's process, as the learner starts it
+    try:
+        learner.adopt("4", job)
+        ctx = {"result": [keypoint(*pct(50, 35))]}
+        for _ in range(3):  # clicks in a row: paused during each, not resumed between them
+            assert client.post("/predict", json=predict_payload([task()], context=ctx)).status_code == 200
+        assert seen == ["T", "T", "T"] and learner.paused() == {job.pid}
+        deadline = time.monotonic() + 10
+        while process_state(job.pid) == "T" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_state(job.pid) in "RS" and not learner.paused()  # continues after the pause
+        assert client.post("/predict", json=predict_payload([task()])).status_code == 200  # pre-annotation:
+        assert process_state(job.pid) in "RS"  # not a click, no pause
+    finally:
+        job.kill()
+        job.wait(10)
 
 
 def test_rectangle_context(client, model):

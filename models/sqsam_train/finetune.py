@@ -438,7 +438,27 @@ def _bundled_model() -> Path:
     return Path(default_model_path())
 
 
+def exit_with_parent() -> None:
+    """Started by the Label Studio backend (``SQSAM_EXIT_WITH_PARENT`` = its pid): on Linux, ask the
+    kernel to kill this run when the backend's process ends (``PR_SET_PDEATHSIG``), so that a run the
+    backend paused for clicks (SIGSTOP) cannot stay stopped for ever; if the backend is already
+    gone, exit at once. Elsewhere, nothing."""
+    parent = os.environ.get("SQSAM_EXIT_WITH_PARENT")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:
+        sys.exit(EXIT_INTERRUPTED)
+
+
 def main(argv=None) -> int:
+    exit_with_parent()
     args = parse_args(argv)
     try:
         return finetune(args)

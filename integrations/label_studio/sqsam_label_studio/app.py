@@ -47,6 +47,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,7 +283,8 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
         fetch = {"fallback_token": project.get("access_token")}
         prompt = parse_context(params.get("context"), limits.max_clicks)
         if prompt is not None:
-            results = [_interactive(tasks[0], prompt, config, extra, fetch, deadline, *served)]
+            with learner.clicks_first() if learner else nullcontext():  # a fine-tune pauses for the click
+                results = [_interactive(tasks[0], prompt, config, extra, fetch, deadline, *served)]
         else:
             results = _preannotate(tasks, config, extra, fetch, deadline, *served)
         elapsed = (time.perf_counter() - started) * 1000

@@ -15,7 +15,10 @@ Enabled by ``MODEL_DIR`` (a persistent folder, a compose volume). Then:
   priority, with ``SQSAM_TRAIN_THREADS`` (1) threads and ``SQSAM_TRAIN_MINUTES`` (10) of
   training (``SQSAM_TRAIN_STEPS``: that many steps instead; ``SQSAM_TRAIN_DATA``: the general
   training data to mix in, optional). The candidate
-  must not be worse than the model the project has now on the held-out tasks.
+  must not be clearly worse than the model the project has now on the held-out tasks.
+* while an interactive click is answered, running fine-tunes are paused (SIGSTOP) and continue
+  ``SQSAM_TRAIN_PAUSE_FOR_CLICKS`` (0.5) s after the last click (``off``: never paused), so clicks
+  stay as fast as without training (:meth:`Learner.clicks_first`).
 * a model that passes is written as ``MODEL_DIR/project-<id>/model-<n>.onnx`` and made current by
   rewriting ``state.json`` (temporary file + ``os.replace``); that project's ``/predict`` then
   uses it, with ``model_version`` ``<base>+p<id>.<n>``. Other projects keep the base model. On
@@ -32,11 +35,13 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -66,6 +71,8 @@ class TrainSettings:
     export_timeout: float = 120.0
     delay: float = 10.0  # seconds a job waits before reading the export, so a burst of annotations lands in it
     steps: int | None = None  # train this many steps instead of `minutes` (the same model on any machine)
+    # Seconds a running fine-tune stays paused after an interactive click is answered (None: never paused).
+    pause_for_clicks: float | None = 0.5
 
     @classmethod
     def from_env(cls, env=os.environ) -> "TrainSettings | None":
@@ -81,7 +88,8 @@ class TrainSettings:
                            minutes=float(env.get("SQSAM_TRAIN_MINUTES", 10)),
                            jobs=int(env.get("SQSAM_TRAIN_JOBS", 1)), data=env.get("SQSAM_TRAIN_DATA") or None,
                            delay=float(env.get("SQSAM_TRAIN_DELAY", 10)),
-                           steps=int(env["SQSAM_TRAIN_STEPS"]) if env.get("SQSAM_TRAIN_STEPS") else None)
+                           steps=int(env["SQSAM_TRAIN_STEPS"]) if env.get("SQSAM_TRAIN_STEPS") else None,
+                           pause_for_clicks=_pause_setting(env.get("SQSAM_TRAIN_PAUSE_FOR_CLICKS", "0.5")))
         except ValueError as exc:
             raise ConfigError(f"a SQSAM_TRAIN_* setting is not a number: {exc}") from None
         if (settings.min_annotations < 1 or settings.threads < 1 or not settings.minutes > 0 or settings.jobs < 1
@@ -89,6 +97,24 @@ class TrainSettings:
             raise ConfigError("SQSAM_TRAIN_MIN_ANNOTATIONS, SQSAM_TRAIN_THREADS, SQSAM_TRAIN_MINUTES and "
                               "SQSAM_TRAIN_JOBS must be positive")
         return settings
+
+
+def _pause_setting(text: str) -> float | None:
+    """``SQSAM_TRAIN_PAUSE_FOR_CLICKS``: seconds, or ``off``."""
+    if text.strip().lower() == "off":
+        return None
+    value = float(text)
+    if not 0 <= value <= 60:
+        raise ValueError(f"SQSAM_TRAIN_PAUSE_FOR_CLICKS must be between 0 and 60 seconds or 'off', not {text!r}")
+    return value
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """``sig`` to the process group ``pid`` leads (a fine-tune runs in its own session); gone is fine."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -202,6 +228,10 @@ class Learner:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(settings.jobs)
         self._jobs: dict[str, dict] = {}  # project -> {"thread", "process", "number"}
+        self._clicks = 0  # interactive clicks being answered now
+        self._paused: set[int] = set()  # fine-tune process groups stopped for them
+        self._resume_at = 0.0  # time.monotonic() after which the paused ones continue
+        self._resumer: threading.Thread | None = None
         self.unavailable = None if importlib.util.find_spec("torch") else TRAIN_EXTRA_MISSING
         if self.unavailable:
             logger.warning("MODEL_DIR is set but %s; project models already in %s are served", self.unavailable,
@@ -280,6 +310,66 @@ class Learner:
             job = self._jobs.get(project)
             process = job and job.get("process")
             return process.pid if process is not None else None
+
+    # ----------------------------------------------------------------------------------------
+    # Clicks first
+
+    @contextmanager
+    def clicks_first(self):
+        """Around an interactive click: every running fine-tune is paused (SIGSTOP to its process
+        group) and continues ``settings.pause_for_clicks`` seconds after the last click is answered
+        (SIGCONT). One training thread beside a click on a 2-core machine makes the click 2-3x
+        slower even at ``nice`` 10 (docs/finetune.md); paused, it costs the click nothing, and the
+        job trains in the gaps between an annotator's clicks. Its ``--minutes`` are wall clock, so a
+        busy project's job makes fewer steps (``SQSAM_TRAIN_STEPS`` gives a fixed number)."""
+        if self.settings.pause_for_clicks is None:
+            yield
+            return
+        with self._lock:
+            self._clicks += 1
+            for job in self._jobs.values():
+                process = job.get("process")
+                if process is not None and process.pid not in self._paused:
+                    _signal_group(process.pid, signal.SIGSTOP)
+                    self._paused.add(process.pid)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._clicks -= 1
+                self._resume_at = time.monotonic() + self.settings.pause_for_clicks
+                if self._paused and self._resumer is None:
+                    self._resumer = threading.Thread(target=self._resume_when_idle, name="sqsam-finetune-resume",
+                                                     daemon=True)
+                    self._resumer.start()
+
+    def _resume_when_idle(self) -> None:
+        while True:
+            with self._lock:
+                wait = self._resume_at - time.monotonic()
+                if self._clicks == 0 and wait <= 0:
+                    self._resume_all()
+                    self._resumer = None
+                    return
+            time.sleep(min(max(wait, 0.02), 1.0))
+
+    def _resume_all(self) -> None:
+        """SIGCONT to every paused fine-tune (with ``_lock`` held)."""
+        for pid in self._paused:
+            _signal_group(pid, signal.SIGCONT)
+        self._paused.clear()
+
+    def adopt(self, project: str, process: subprocess.Popen) -> None:
+        """Count ``process`` (a fine-tune in its own session) as ``project``'s running job, so that
+        clicks pause it; :meth:`fine_tune` adopts the processes it starts, ``finetune_bench`` one
+        it starts itself."""
+        with self._lock:
+            self._jobs.setdefault(project, {"number": None, "thread": None})["process"] = process
+
+    def paused(self) -> set[int]:
+        """Process ids of the fine-tunes paused for clicks now."""
+        with self._lock:
+            return set(self._paused)
 
     def health(self) -> dict:
         """Per project: the model served, the last job's outcome, new annotations waiting."""
@@ -410,14 +500,14 @@ class Learner:
         if self.settings.data:
             command += ["--data", self.settings.data]
         threads = str(self.settings.threads)
-        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
+        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
+                   SQSAM_EXIT_WITH_PARENT=str(os.getpid()))  # a job paused for clicks must not outlive us
         log_path = work / "finetune.log"
         started = time.time()
         with log_path.open("wb") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        env=env, start_new_session=True)
-            with self._lock:
-                self._jobs[project]["process"] = process
+            self.adopt(project, process)
             logger.info("project %s: fine-tune %d running (pid %d, %s min, %s thread(s))", project, number,
                         process.pid, self.settings.minutes, threads)
             try:
@@ -427,6 +517,9 @@ class Learner:
                 process.kill()
                 process.wait()
                 code = None
+            finally:
+                with self._lock:
+                    self._paused.discard(process.pid)
         tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
         minutes = round((time.time() - started) / 60, 2)

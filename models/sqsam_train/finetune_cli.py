@@ -29,7 +29,7 @@ def register_commands(subparsers) -> None:
         help="fine-tune the model on a project's own masks (CPU; needs the train extra)",
         description="Fine-tune the shipped model on a project's annotations (COCO JSON, Label Studio JSON export "
                     "or images/ + masks/), score base and candidate on a held-out part with sqsam eval's clicks, "
-                    "and write the ONNX model unless it is worse. Exit codes: 0 written, 3 worse than the base "
+                    "and write the ONNX model unless it is clearly worse. Exit codes: 0 written, 3 worse than the base "
                     "(not written), 2 bad input, 130 interrupted (resume with the same command).",
     )
     add_arguments(p)

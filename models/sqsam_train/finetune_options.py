@@ -75,7 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mix in the general training sets of ROOT/train (e.g. ../shared/data) to limit "
                         "forgetting")
     p.add_argument("--holdout", type=_share, default=0.2, help="share of the images held out for scoring (default 0.2)")
-    p.add_argument("--force", action="store_true", help="write the model even when it scores worse than the base")
+    p.add_argument("--force", action="store_true",
+                   help="write the model even when it is clearly worse than the base on the held-out images")
     p.add_argument("--mix", type=_mixes, default=DEFAULT_MIXES, metavar="M[,M...]",
                    help="weights tried, base + M x (fine-tuned - base), each scored on the held-out images; "
                         f"the best is the candidate (default {','.join(f'{m:g}' for m in DEFAULT_MIXES)})")

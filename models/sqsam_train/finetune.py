@@ -145,13 +145,14 @@ def clicks(report: dict) -> tuple[float, float]:
 
 
 def object_clicks(report: dict) -> np.ndarray:
-    """Per scored object, clicks to 85 % IoU plus clicks to 90 % (``max_clicks`` for a level never
-    reached), from :func:`score`'s ``per_object`` IoU curves; shape ``(N,)``."""
-    from sqsam_core.evaluation import clicks_to_reach
+    """Per scored object, clicks to 85 % IoU plus clicks to 90 % (``evaluation.THRESHOLDS``;
+    ``max_clicks`` for a level never reached), from :func:`score`'s ``per_object`` IoU curves;
+    shape ``(N,)``. Their mean is ``clicks(report)[0]``."""
+    from sqsam_core.evaluation import THRESHOLDS, clicks_to_reach
 
     limit = report["max_clicks"]
-    return np.array([clicks_to_reach(o["ious"], 0.85, limit) + clicks_to_reach(o["ious"], 0.90, limit)
-                     for o in report["per_object"]], float)
+    return np.array([sum(clicks_to_reach(o["ious"], t, limit) for t in THRESHOLDS) for o in report["per_object"]],
+                    float)
 
 
 def paired_change(candidate: dict, base: dict, confidence: float = REFUSAL_CONFIDENCE) -> dict:

@@ -20,7 +20,6 @@ import base64
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -137,8 +136,7 @@ def run_phases(url: str, learner, objects: list, args, work: str, report: dict) 
         report["pause_for_clicks_s"] = args.pause
         report["fine_tune_steps_logged"] = log.read_text().count("\n") * 10 if log.exists() else 0
     finally:
-        os.killpg(trainer.pid, signal.SIGCONT)  # in case a pause is pending
-        trainer.terminate()
+        trainer.kill()  # SIGKILL also ends a process the backend has paused
         trainer.wait(60)
 
 

@@ -4,8 +4,9 @@ Readers: a folder, a COCO JSON (RLE written by pycocotools, polygons) and a Labe
 (brush RLE written by label-studio-sdk's own ``mask2rle``, polygons in percent) must give back
 the masks they were made from; bad annotations are skipped with a reason. The hold-out split is
 deterministic by image name. The fine-tune itself (PyTorch): a resumed run ends with exactly the
-weights of an uninterrupted one (on a COCO export laid out as CVAT writes it), and a candidate made
-worse than the base is refused (exit 3, nothing written).
+weights of an uninterrupted one (on a COCO export laid out as CVAT writes it), with one member and
+with two (whose written model is the mean of their weights), and a candidate made worse than the
+base is refused (exit 3, nothing written).
 """
 
 from __future__ import annotations
@@ -248,13 +249,14 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(finetune, tmp
     project = camvid_coco_export(tmp_path / "export", 5)  # a CVAT task exported as COCO 1.0
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     # Within warm-up the rate does not depend on the run's length, so 2 + 2 steps must equal 4.
+    one = ["--members", "1", *FAST]  # one fine-tune; two members: the next test
     assert sqsam_main(["finetune", str(project), "--steps", "4", "--run-dir", str(straight), "--force",
-                       "--out", str(tmp_path / "a.onnx"), *FAST]) == 0
+                       "--out", str(tmp_path / "a.onnx"), *one]) == 0
     assert sqsam_main(["finetune", str(project), "--steps", "2", "--run-dir", str(resumed), "--force",
-                       "--out", str(tmp_path / "b.onnx"), *FAST]) == 0
+                       "--out", str(tmp_path / "b.onnx"), *one]) == 0
     assert torch.load(resumed / "last.ckpt", weights_only=False)["step"] == 2
     assert sqsam_main(["finetune", str(project), "--steps", "4", "--run-dir", str(resumed), "--force",
-                       "--out", str(tmp_path / "b.onnx"), *FAST]) == 0
+                       "--out", str(tmp_path / "b.onnx"), *one]) == 0
     a = torch.load(straight / "last.ckpt", weights_only=False)
     b = torch.load(resumed / "last.ckpt", weights_only=False)
     assert a["step"] == b["step"] == 4
@@ -270,12 +272,59 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(finetune, tmp
     assert report["model_version"].startswith("squeezesam-") and "+ft." in report["model_version"]
 
 
+def test_members_train_on_shares_of_the_budget_resume_and_are_averaged(finetune, tmp_path):
+    import torch
+
+    from sqsam_core import SqueezeSAM
+    from sqsam_train.average import average_states
+    from sqsam_train.export import TorchBackend
+    from sqsam_train.network import build_network, has_refine_stage, read_weights
+
+    project = camvid_subset(tmp_path / "project", 4)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = ["--members", "2", "--mix", "1", "--force", *FAST]
+    # 4 steps over two members: two each. The resumed run stops after one step of each, then ends.
+    assert sqsam_main(["finetune", str(project), "--steps", "4", "--run-dir", str(straight),
+                       "--out", str(tmp_path / "a.onnx"), *common]) == 0
+    assert sqsam_main(["finetune", str(project), "--steps", "2", "--run-dir", str(resumed),
+                       "--out", str(tmp_path / "b.onnx"), *common]) == 0
+    assert [torch.load(resumed / d / "last.ckpt", weights_only=False)["step"] for d in (".", "member1")] == [1, 1]
+    assert sqsam_main(["finetune", str(project), "--steps", "4", "--run-dir", str(resumed),
+                       "--out", str(tmp_path / "b.onnx"), *common]) == 0
+    members = []
+    for folder in (".", "member1"):
+        a = torch.load(straight / folder / "last.ckpt", weights_only=False)
+        b = torch.load(resumed / folder / "last.ckpt", weights_only=False)
+        assert a["step"] == b["step"] == 2
+        for key, value in a["net"].items():
+            assert torch.equal(value, b["net"][key]), (folder, key)
+        members.append(a["net"])
+    conv = next(k for k, v in members[0].items() if v.ndim == 4)
+    assert not torch.equal(members[0][conv], members[1][conv])  # seeds SEED and SEED + 1
+    report = json.loads((straight / "report.json").read_text())
+    assert report["members"] == 2 and report["steps"] == 4
+
+    # The written model (mix 1) is the mean of the two members' weights.
+    weights = read_weights(finetune.BASE_WEIGHTS)
+    net = build_network(pretrained=None, refine=has_refine_stage(weights))
+    net.load_state_dict(average_states(members))
+    written = SqueezeSAM(tmp_path / "a.onnx", threads=1)
+    averaged = SqueezeSAM(backend=TorchBackend(net.eval()), spec=written.spec)
+    image = np.random.default_rng(3).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    a = written.predict(image, clicks=[(60, 40, True)])
+    b = averaged.predict(image, clicks=[(60, 40, True)])
+    assert np.abs(a.low_res_logits - b.low_res_logits).max() < 1e-3
+    # A run folder remembers its member count: resuming it with another is refused.
+    assert sqsam_main(["finetune", str(project), "--steps", "4", "--run-dir", str(straight),
+                       "--out", str(tmp_path / "c.onnx"), *FAST, "--members", "3"]) == 2
+
+
 def test_a_worse_candidate_is_refused(finetune, tmp_path, capsys):
     project = camvid_subset(tmp_path / "project", 5)
     out = tmp_path / "project.onnx"
     # A learning rate of 5 wrecks the weights in two steps: the candidate must score worse.
     args = ["finetune", str(project), "--steps", "2", "--lr", "5", "--run-dir", str(tmp_path / "run"),
-            "--out", str(out), *FAST, "--max-clicks", "3"]
+            "--out", str(out), *FAST, "--max-clicks", "3", "--members", "1"]
     assert sqsam_main(args) == 3
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["worse_than_base"] and report["written"] is None and not out.exists()

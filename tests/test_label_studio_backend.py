@@ -625,6 +625,26 @@ def test_basic_auth(fake_ls, model):
     assert client.post("/predict", json=predict_payload([task()]), headers=good).status_code == 200
 
 
+def test_training_details_in_health_need_the_credentials(fake_ls, model, tmp_path):
+    from sqsam_label_studio.learning import TrainSettings
+
+    loader = ImageLoader(ls_url=fake_ls.url, api_key=LEGACY)
+    app = create_app(model=model, loader=loader, settings=Settings(basic_auth_user="ls", basic_auth_pass="s3cret"),
+                     train_settings=TrainSettings(tmp_path / "models"))
+    client = app.test_client()
+    good = {"Authorization": "Basic " + base64.b64encode(b"ls:s3cret").decode()}
+    bad = {"Authorization": "Basic " + base64.b64encode(b"ls:wrong").decode()}
+    for headers in ({}, bad):  # open, but it names no project, file or fetch error
+        response = client.get("/health", headers=headers)
+        assert response.status_code == 200 and response.get_json()["status"] == "UP"
+        assert "training" not in response.get_json()
+    assert "training" in client.get("/health", headers=good).get_json()
+    # Without basic auth configured, everyone is a caller with the credentials.
+    open_app = create_app(model=model, loader=loader, settings=Settings(),
+                          train_settings=TrainSettings(tmp_path / "models-open"))
+    assert "training" in open_app.test_client().get("/health").get_json()
+
+
 def test_legacy_token_is_sent_as_token(fake_ls, model):
     client = make_client(fake_ls, model)
     assert client.post("/predict", json=predict_payload([task("scene.png")])).status_code == 200

@@ -81,11 +81,14 @@ def test_training_settings_come_from_the_environment(tmp_path):
                                        "SQSAM_TRAIN_MINUTES": "3.5", "SQSAM_TRAIN_MIN_ANNOTATIONS": "20"})
     assert (settings.threads, settings.minutes, settings.min_annotations) == (2, 3.5, 20)
     assert settings.pause_for_clicks == 0.5  # running fine-tunes pause for clicks by default
+    assert settings.members == 1  # a job's short budget goes to one fine-tune
+    assert TrainSettings.from_env({"MODEL_DIR": str(tmp_path), "SQSAM_TRAIN_MEMBERS": "2"}).members == 2
     for text, value in (("off", None), ("OFF", None), ("0", 0.0), ("2.5", 2.5)):
         env = {"MODEL_DIR": str(tmp_path), "SQSAM_TRAIN_PAUSE_FOR_CLICKS": text}
         assert TrainSettings.from_env(env).pause_for_clicks == value
     for bad in ({"SQSAM_TRAIN_THREADS": "two"}, {"SQSAM_TRAIN_MINUTES": "0"},
                 {"SQSAM_TRAIN_PAUSE_FOR_CLICKS": "-1"}, {"SQSAM_TRAIN_PAUSE_FOR_CLICKS": "soon"},
-                {"SQSAM_TRAIN_PAUSE_FOR_CLICKS": "nan"}):
+                {"SQSAM_TRAIN_PAUSE_FOR_CLICKS": "nan"}, {"SQSAM_TRAIN_MEMBERS": "0"},
+                {"SQSAM_TRAIN_STEPS": "-5"}):
         with pytest.raises(ConfigError):
             TrainSettings.from_env({"MODEL_DIR": str(tmp_path), **bad})

@@ -13,7 +13,10 @@ Input: a COCO instances JSON, a Label Studio JSON export or an ``images/`` + ``m
    previous masks, and the base's own convention for a single click: hypotheses with meanings,
    or best-of-K for a base without them, such as v22) at a small learning rate, cosine over ``--minutes`` of wall
    clock (or over ``--steps``). With ``--data`` a share of the general training sets
-   (``../shared/data/train``) is mixed in, which limits forgetting;
+   (``../shared/data/train``) is mixed in, which limits forgetting. ``--members`` (default
+   :data:`~sqsam_train.finetune_options.DEFAULT_MEMBERS`) such runs, seeds ``--seed``,
+   ``--seed`` + 1, ..., each on an equal share of the budget, are averaged in weight space (a
+   "model soup": less run-to-run spread, fewer clicks; docs/finetune.md);
 3. mixes the fine-tuned weights with the base's, ``base + m * (tuned - base)`` for each ``m`` of
    ``--mix`` (default 0.5 and 1; weight-space interpolation keeps what the base knows while the
    project's gain stays, see :func:`interpolate_weights`), exports each under the model contract
@@ -57,6 +60,7 @@ from sqsam_core import datasets
 from sqsam_core.contract import DEFAULT_CLICK_RADIUS, DEFAULT_INPUT_SIZE
 from sqsam_core.errors import SqsamError
 from sqsam_train import train
+from sqsam_train.average import average_states
 from sqsam_train.data import MAX_SIDE, MIN_OBJECT_PIXELS, SET_WEIGHTS, Entry, SampleMaker, load_training_data
 from sqsam_train.export import export, spec_for
 from sqsam_train.finetune_options import Recipe, add_arguments
@@ -217,7 +221,8 @@ def run_id(found: datasets.Annotations, args) -> str:
     """A short id of the annotations and the options that shape training (resume checks it; the
     budget, ``--minutes`` / ``--steps``, is not part of it: a resumed run may be given more)."""
     content = [(im.name, len(im.objects), [int(o.mask.sum()) for o in im.objects]) for im in found.images]
-    key = json.dumps([content, args.seed, args.holdout, str(args.data), vars(args.recipe)],
+    key = json.dumps([content, args.seed, args.holdout, str(args.data), vars(args.recipe)]
+                     + ([args.members] if args.members > 1 else []),
                      default=str)
     return hashlib.sha1(key.encode()).hexdigest()[:6]
 
@@ -241,14 +246,22 @@ class Interrupted(Exception):
     pass
 
 
-def train_for(net, optimizer, maker: SampleMaker, rng: np.random.Generator, run_dir: Path, options,
-              state: dict | None, progress: bool) -> dict:
-    """Train until ``options.steps`` or ``options.minutes`` is spent; checkpoints in ``run_dir``.
-    Returns ``{"steps", "seconds"}``. Raises :class:`Interrupted` (after a checkpoint) on SIGTERM
-    or Ctrl-C."""
+def member_budget(options, members: int) -> SimpleNamespace:
+    """One member's share of the run's budget: ``--steps`` and ``--minutes`` split evenly."""
+    return SimpleNamespace(recipe=options.recipe, train_args=options.train_args, ckpt_minutes=options.ckpt_minutes,
+                           steps=-(-options.steps // members) if options.steps else None,
+                           minutes=options.minutes / members)
+
+
+def train_for(net, optimizer, maker: SampleMaker, rng: np.random.Generator, folder: Path, options,
+              state: dict | None, progress: bool, label: str = "finetune") -> dict:
+    """Train until ``options.steps`` or ``options.minutes`` is spent; checkpoint ``folder/last.ckpt``,
+    learning curve ``folder/log.jsonl``. Returns ``{"steps", "seconds"}``. Raises
+    :class:`Interrupted` (after a checkpoint) on SIGTERM or Ctrl-C."""
     from tqdm import tqdm
 
-    last = run_dir / "last.ckpt"
+    folder.mkdir(parents=True, exist_ok=True)
+    last = folder / "last.ckpt"
     step = state["step"] if state else 0
     elapsed_before = state.get("elapsed", 0.0) if state else 0.0
     budget = None if options.steps else options.minutes * 60
@@ -265,9 +278,9 @@ def train_for(net, optimizer, maker: SampleMaker, rng: np.random.Generator, run_
             handlers[sig] = signal.signal(sig, lambda *_: stop.set())
     bar = tqdm(total=options.steps or round(budget),
                initial=step if options.steps else round(min(elapsed_before, budget)),
-               desc="finetune", unit="step" if options.steps else "s", disable=not progress, dynamic_ncols=True,
+               desc=label, unit="step" if options.steps else "s", disable=not progress, dynamic_ncols=True,
                mininterval=5)
-    log = (run_dir / "log.jsonl").open("a")
+    log = (folder / "log.jsonl").open("a")
     running: dict[str, float] = {}
     try:
         while step < total_steps and (budget is None or elapsed() < budget) and not stop.is_set():
@@ -299,6 +312,34 @@ def train_for(net, optimizer, maker: SampleMaker, rng: np.random.Generator, run_
     if stop.is_set():
         raise Interrupted(f"interrupted at step {step}; rerun the same command to continue from {last}")
     return {"steps": step, "seconds": round(elapsed(), 1)}
+
+
+def member_dir(run_dir: Path, k: int) -> Path:
+    """Where member ``k`` keeps its checkpoint and learning curve: the run folder itself for the
+    first (a one-member run is laid out as before), ``member<k>/`` in it for the others."""
+    return run_dir if k == 0 else run_dir / f"member{k}"
+
+
+def train_member(net, weights: dict, maker: SampleMaker, run_dir: Path, args, k: int, log) -> tuple[dict, dict]:
+    """Fine-tune member ``k`` of ``args.members`` from the base ``weights`` with seed ``args.seed + k``
+    on its share of the budget (:func:`member_budget`), resuming from its checkpoint when there is
+    one. Returns its weights (a detached copy) and ``{"steps", "seconds"}``."""
+    net.load_weights(weights)
+    optimizer = train.make_optimizer(net, args.train_args)
+    seed = args.seed + k
+    rng = np.random.default_rng(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    folder = member_dir(run_dir, k)
+    last = folder / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False) if last.exists() else None
+    if state:
+        train.restore_checkpoint(state, net, optimizer, rng)
+        log(f"resumed from {last} at step {state['step']} ({state.get('elapsed', 0) / 60:.1f} min trained)")
+    label = "finetune" if args.members == 1 else f"finetune {k + 1}/{args.members}"
+    trained = train_for(net, optimizer, maker, rng, folder, member_budget(args, args.members), state,
+                        not args.no_progress, label)
+    return {name: value.detach().clone() for name, value in net.state_dict().items()}, trained
 
 
 def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
@@ -348,30 +389,26 @@ def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
                          f"SQSAM_BASE_WEIGHTS (models/weights/squeezesam.pt in the source tree)")
     weights = read_weights(weights_path)
     net = build_network(pretrained=None, refine=has_refine_stage(weights))
-    net.load_weights(weights)
     args.train_args = SimpleNamespace(crop=args.recipe.crop, click_radius=DEFAULT_CLICK_RADIUS, amp=args.recipe.amp,
                                       corrupt_share=args.recipe.corrupt_share, spill_share=0.0, boundary_weight=0.0,
                                       coarse_band=0, lr=args.recipe.lr, backbone_lr_scale=args.recipe.backbone_lr_scale,
                                       seed=args.seed, source=str(args.source),
                                       hypotheses=base_model_spec.hypotheses)
-    optimizer = train.make_optimizer(net, args.train_args)
-    rng = np.random.default_rng(args.seed)
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    last = run_dir / "last.ckpt"
-    state = torch.load(last, map_location="cpu", weights_only=False) if last.exists() else None
-    if state:
-        train.restore_checkpoint(state, net, optimizer, rng)
-        log(f"resumed from {last} at step {state['step']} ({state.get('elapsed', 0) / 60:.1f} min trained)")
-    try:
-        trained = train_for(net, optimizer, maker, rng, run_dir, args, state, not args.no_progress)
-    except Interrupted as exc:
-        log(str(exc))
-        return EXIT_INTERRUPTED
-    log(f"trained {trained['steps']} steps in {trained['seconds'] / 60:.1f} min")
+    members = []
+    trained = {"steps": 0, "seconds": 0.0}
+    for k in range(args.members):
+        try:
+            tuned_member, member_trained = train_member(net, weights, maker, run_dir, args, k, log)
+        except Interrupted as exc:
+            log(str(exc))
+            return EXIT_INTERRUPTED
+        members.append(tuned_member)
+        trained = {key: trained[key] + member_trained[key] for key in trained}
+    log(f"trained {trained['steps']} steps in {trained['seconds'] / 60:.1f} min"
+        + (f" ({args.members} members, averaged)" if args.members > 1 else ""))
 
     base_report = _cached_score(run_dir / "base-score.json", base_model, held_out, args)
-    tuned = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    tuned = average_states(members) if len(members) > 1 else members[0]
     mixes = []
     for mix in args.mix:
         net.load_state_dict(interpolate_weights(weights, tuned, mix))
@@ -401,7 +438,7 @@ def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
               "mixes": [{k: v for k, v in m.items() if k != "path"} for m in mixes],
               "worse_than_base": worse, "written": str(out) if written else None,
               "steps": trained["steps"], "train_minutes": round(trained["seconds"] / 60, 2),
-              "total_minutes": round((time.time() - started) / 60, 2), "threads": args.threads,
+              "total_minutes": round((time.time() - started) / 60, 2), "threads": args.threads, "members": args.members,
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
               "mixed_general_data": bool(general)}
     text = json.dumps(report, indent=2) + "\n"

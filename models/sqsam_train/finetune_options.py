@@ -25,6 +25,8 @@ class Recipe:
     amp: bool = False
 
 
+#: Fine-tunes averaged in weight space (``--members``).
+DEFAULT_MEMBERS = 2
 #: Weight-space mixes with the base tried after training (``--mix``), each scored on the held-out images.
 DEFAULT_MIXES = (0.5, 1.0)
 
@@ -70,6 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=_positive_float, default=10.0,
                    help="training wall clock, minutes (default 10; scoring and export add 1-3)")
     p.add_argument("--steps", type=positive_int, default=None, help="train this many steps instead of --minutes")
+    p.add_argument("--members", type=positive_int, default=DEFAULT_MEMBERS,
+                   help="fine-tune this many times from the base with seeds SEED, SEED+1, ..., each on an "
+                        "equal share of the budget, and average their weights before mixing with the base "
+                        f"(default {DEFAULT_MEMBERS})")
     p.add_argument("--threads", type=positive_int, default=2, help="CPU threads for training and scoring (default 2)")
     p.add_argument("--data", default=None, metavar="ROOT",
                    help="mix in the general training sets of ROOT/train (e.g. ../shared/data) to limit "

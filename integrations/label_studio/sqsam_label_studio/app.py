@@ -26,7 +26,8 @@ Security and limits (``integrations/label_studio/README.md``, *Security and limi
 * basic auth fails closed: with only one of ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` set,
   :func:`create_app` raises :class:`~sqsam_label_studio.errors.ConfigError` (``sqsam serve
   label-studio`` exits 2). ``GET /health`` stays open by design (the container healthcheck and
-  Label Studio's connection check use it); it tells only the status and the model version.
+  Label Studio's connection check use it); it tells only the status and the model version, and
+  the fine-tune details (``training``) only to a caller with the credentials.
   Failed logins are logged.
 * the token goes only to Label Studio's origin and file paths; without ``LABEL_STUDIO_URL`` the
   first ``/setup`` hostname is pinned (:mod:`.images`).
@@ -184,19 +185,26 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
         logger.exception("unexpected error on %s %s", request.method, request.path)
         return error(f"internal error ({type(exc).__name__}); see the sqsam backend's log", http_status(exc))
 
+    def authenticated() -> bool:
+        """The request carries the backend's basic-auth credentials (always true with auth off)."""
+        if not auth_on:
+            return True
+        auth = request.authorization
+        return (auth is not None and auth.type == "basic"
+                and hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
+                and hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode()))
+
     @app.before_request
     def _basic_auth():
-        if auth_on and not (request.method in ("GET", "HEAD") and request.path == "/health"):  # open by design
+        if request.method in ("GET", "HEAD") and request.path == "/health":  # open by design
+            return None
+        if not authenticated():
             auth = request.authorization
-            ok = (auth is not None and auth.type == "basic"
-                  and hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
-                  and hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode()))
-            if not ok:
-                logger.warning("basic auth failed: %s %s from %s (%s)", request.method, request.path,
-                               request.remote_addr, "no credentials" if auth is None else "wrong credentials")
-                response = jsonify({"error": "basic authentication required", "status": 401})
-                return Response(response.get_data(), 401, {"WWW-Authenticate": 'Basic realm="sqsam"',
-                                                           "Content-Type": "application/json"})
+            logger.warning("basic auth failed: %s %s from %s (%s)", request.method, request.path,
+                           request.remote_addr, "no credentials" if auth is None else "wrong credentials")
+            response = jsonify({"error": "basic authentication required", "status": 401})
+            return Response(response.get_data(), 401, {"WWW-Authenticate": 'Basic realm="sqsam"',
+                                                       "Content-Type": "application/json"})
         return None
 
     def body() -> dict:
@@ -205,7 +213,8 @@ def create_app(model=None, loader: ImageLoader | None = None, settings: Settings
     @app.get("/")
     @app.get("/health")
     def health():
-        details = {"training": learner.health()} if learner else {}
+        # Training details name projects, files and fetch errors: with auth on, only for its callers.
+        details = {"training": learner.health()} if learner and authenticated() else {}
         return jsonify({"status": "UP", "model_class": type(model).__name__, "model_version": model_version, **details})
 
     @app.get("/metrics")

@@ -14,7 +14,8 @@ Enabled by ``MODEL_DIR`` (a persistent folder, a compose volume). Then:
   ``masks/`` folder and runs ``python -m sqsam_train.finetune`` in a child process at lower CPU
   priority, with ``SQSAM_TRAIN_THREADS`` (1) threads and ``SQSAM_TRAIN_MINUTES`` (10) of
   training (``SQSAM_TRAIN_STEPS``: that many steps instead; ``SQSAM_TRAIN_DATA``: the general
-  training data to mix in, optional). The candidate
+  training data to mix in, optional; ``SQSAM_TRAIN_MEMBERS`` (1): fine-tunes averaged, as
+  ``sqsam finetune --members``). The candidate
   must not be clearly worse than the model the project has now on the held-out tasks.
 * while an interactive click is answered, running fine-tunes are paused (SIGSTOP) and continue
   ``SQSAM_TRAIN_PAUSE_FOR_CLICKS`` (0.5) s after the last click (``off``: never paused), so clicks
@@ -71,6 +72,9 @@ class TrainSettings:
     export_timeout: float = 120.0
     delay: float = 10.0  # seconds a job waits before reading the export, so a burst of annotations lands in it
     steps: int | None = None  # train this many steps instead of `minutes` (the same model on any machine)
+    # Fine-tunes averaged per job (``sqsam finetune --members``). One: a job's budget is short (10 min
+    # on one thread, paused for clicks), and two members of ~100 steps each gained less than one of 200.
+    members: int = 1
     # Seconds a running fine-tune stays paused after an interactive click is answered (None: never paused).
     pause_for_clicks: float | None = 0.5
 
@@ -89,13 +93,14 @@ class TrainSettings:
                            jobs=int(env.get("SQSAM_TRAIN_JOBS", 1)), data=env.get("SQSAM_TRAIN_DATA") or None,
                            delay=float(env.get("SQSAM_TRAIN_DELAY", 10)),
                            steps=int(env["SQSAM_TRAIN_STEPS"]) if env.get("SQSAM_TRAIN_STEPS") else None,
+                           members=int(env.get("SQSAM_TRAIN_MEMBERS", 1)),
                            pause_for_clicks=_pause_setting(env.get("SQSAM_TRAIN_PAUSE_FOR_CLICKS", "0.5")))
         except ValueError as exc:
             raise ConfigError(f"a SQSAM_TRAIN_* setting is not a number: {exc}") from None
         if (settings.min_annotations < 1 or settings.threads < 1 or not settings.minutes > 0 or settings.jobs < 1
-                or (settings.steps is not None and settings.steps < 1)):
-            raise ConfigError("SQSAM_TRAIN_MIN_ANNOTATIONS, SQSAM_TRAIN_THREADS, SQSAM_TRAIN_MINUTES and "
-                              "SQSAM_TRAIN_JOBS must be positive")
+                or (settings.steps is not None and settings.steps < 1) or settings.members < 1):
+            raise ConfigError("SQSAM_TRAIN_MIN_ANNOTATIONS, SQSAM_TRAIN_THREADS, SQSAM_TRAIN_MINUTES, "
+                              "SQSAM_TRAIN_STEPS, SQSAM_TRAIN_MEMBERS and SQSAM_TRAIN_JOBS must be positive")
         return settings
 
 
@@ -493,7 +498,8 @@ class Learner:
                    "--run-dir", str(work / "run"),
                    *(["--steps", str(self.settings.steps)] if self.settings.steps else
                      ["--minutes", str(self.settings.minutes)]),
-                   "--threads", str(self.settings.threads), "--version", version, "--no-progress",
+                   "--threads", str(self.settings.threads), "--members", str(self.settings.members),
+                   "--version", version, "--no-progress",
                    "--json", str(report_path), "--nice", str(self.settings.nice)]
         if against is not None:
             command += ["--base-model", str(against)]

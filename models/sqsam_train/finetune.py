@@ -246,11 +246,11 @@ class Interrupted(Exception):
     pass
 
 
-def member_budget(options, members: int) -> SimpleNamespace:
-    """One member's share of the run's budget: ``--steps`` and ``--minutes`` split evenly."""
+def member_budget(options) -> SimpleNamespace:
+    """One member's share of the run's budget: ``--steps`` and ``--minutes`` split evenly over ``--members``."""
     return SimpleNamespace(recipe=options.recipe, train_args=options.train_args, ckpt_minutes=options.ckpt_minutes,
-                           steps=-(-options.steps // members) if options.steps else None,
-                           minutes=options.minutes / members)
+                           steps=-(-options.steps // options.members) if options.steps else None,
+                           minutes=options.minutes / options.members)
 
 
 def train_for(net, optimizer, maker: SampleMaker, rng: np.random.Generator, folder: Path, options,
@@ -337,7 +337,7 @@ def train_member(net, weights: dict, maker: SampleMaker, run_dir: Path, args, k:
         train.restore_checkpoint(state, net, optimizer, rng)
         log(f"resumed from {last} at step {state['step']} ({state.get('elapsed', 0) / 60:.1f} min trained)")
     label = "finetune" if args.members == 1 else f"finetune {k + 1}/{args.members}"
-    trained = train_for(net, optimizer, maker, rng, folder, member_budget(args, args.members), state,
+    trained = train_for(net, optimizer, maker, rng, folder, member_budget(args), state,
                         not args.no_progress, label)
     return {name: value.detach().clone() for name, value in net.state_dict().items()}, trained
 
@@ -408,7 +408,7 @@ def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
         + (f" ({args.members} members, averaged)" if args.members > 1 else ""))
 
     base_report = _cached_score(run_dir / "base-score.json", base_model, held_out, args)
-    tuned = average_states(members) if len(members) > 1 else members[0]
+    tuned = average_states(members)  # one member: its own weights
     mixes = []
     for mix in args.mix:
         net.load_state_dict(interpolate_weights(weights, tuned, mix))

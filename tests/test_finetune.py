@@ -381,6 +381,31 @@ def test_the_refusal_rule_refuses_only_a_clear_loss_of_clicks_or_first_click(fin
         finetune.paired_change(scored([[0.9]] * 3), two)
 
 
+def test_the_candidate_is_the_most_fine_tuned_mix_unless_a_smaller_one_is_clearly_better(finetune):
+    def mix(m, curves, worse=False):
+        report = scored(curves)
+        nocs = finetune.object_clicks(report)  # NoC@85 + NoC@90 per object; clicks() reads their sum
+        return {"mix": m, "scored": report, "worse": worse, "NoC@85": 0.0, "NoC@90": float(nocs.mean()),
+                "mIoU@1": float(np.mean([c[0] for c in curves]))}
+
+    two_three = [[0.80, 0.88, 0.92]] * 30  # 2 clicks to 85 %, 3 to 90 %
+    # A tenth of a click between the mixes, one object in thirty: the most fine-tuned mix.
+    half = mix(0.5, two_three)
+    full = mix(1.0, [[0.80, 0.84, 0.88, 0.92]] + two_three[1:])
+    assert finetune.clicks(half) < finetune.clicks(full)
+    assert finetune.choose_mix([half, full])["mix"] == 1.0
+    # Every object a click fewer with the smaller mix: it is clearly better, and chosen.
+    full = mix(1.0, [[0.80, 0.84, 0.88, 0.92]] * 30)
+    assert finetune.choose_mix([half, full])["mix"] == 0.5
+    # A refused mix is never chosen while another is accepted, however few its clicks.
+    assert finetune.choose_mix([mix(0.5, [[0.7, 0.8, 0.9]] * 30), mix(1.0, [[0.9]] * 30, worse=True)])["mix"] == 0.5
+    # Among several clearly better ones, the fewest clicks; all refused: the fewest clicks.
+    quarter = mix(0.25, [[0.86, 0.91]] * 30)
+    assert finetune.choose_mix([quarter, half, full])["mix"] == 0.25
+    refused = [dict(m, worse=True) for m in (quarter, half, full)]
+    assert finetune.choose_mix(refused)["mix"] == 0.25
+
+
 def test_weights_mix_linearly_between_the_base_and_the_fine_tune(finetune):
     import torch
 

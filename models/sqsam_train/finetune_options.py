@@ -85,7 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the model even when it is clearly worse than the base on the held-out images")
     p.add_argument("--mix", type=_mixes, default=DEFAULT_MIXES, metavar="M[,M...]",
                    help="weights tried, base + M x (fine-tuned - base), each scored on the held-out images; "
-                        f"the best is the candidate (default {','.join(f'{m:g}' for m in DEFAULT_MIXES)})")
+                        "the largest one the held-out images accept is the candidate, unless a smaller one "
+                        f"needs clearly fewer clicks (default {','.join(f'{m:g}' for m in DEFAULT_MIXES)})")
     p.add_argument("--version", default=None, help="model_version to write (default <base version>+ft.<id>)")
     p.add_argument("--base-model", default=None, metavar="ONNX",
                    help="the model to beat on the held-out images (default: the bundled model)")

@@ -445,7 +445,7 @@ def finetune(args, found: datasets.Annotations | None = None, log=print) -> int:
     chosen = choose_mix(mixes)
     candidate = chosen["path"]
     base = summary(base_report)
-    cand = {k: v for k, v in chosen.items() if k not in ("mix", "path", "scored", "change", "worse")}
+    cand = summary(chosen["scored"])
     worse = chosen["worse"]
     written = not worse or args.force
     if written:
